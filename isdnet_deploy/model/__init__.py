@@ -1,0 +1,1 @@
+"""The PyTorch reference ISDNet; every exported backend is judged against it."""

@@ -1,0 +1,50 @@
+"""Small building blocks shared by the ISDNet parts, named like mmcv's so keys match."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvBNReLU(nn.Module):
+    """mmcv's ConvModule as ISDNet configures it: bias-free conv, BatchNorm, optional ReLU.
+
+    The attribute names ``conv`` and ``bn`` are what the official checkpoints use.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, dilation: int = 1, relu: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                              padding=padding, dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return F.relu(x) if self.relu else x
+
+
+def legacy_nearest(x: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
+    """``F.interpolate(x, size)`` with no mode, as the official code calls it.
+
+    PyTorch picks source pixel ``floor(i * float32(in / out))``. ONNX Resize computes
+    ``i / float32(out / in)`` instead, which rounds the other way at some sizes (1002 -> 250
+    is one), so under ONNX export the same float32 arithmetic is written out as a gather.
+    """
+    if not torch.onnx.is_in_onnx_export():
+        return F.interpolate(x, size=size)
+    rows = _nearest_index(x.shape[2], size[0], x.device)
+    cols = _nearest_index(x.shape[3], size[1], x.device)
+    return x.index_select(2, rows).index_select(3, cols)
+
+
+def _nearest_index(in_size: int | torch.Tensor, out_size: int | torch.Tensor,
+                   device: torch.device) -> torch.Tensor:
+    in_f = torch.as_tensor(in_size, dtype=torch.float32, device=device)
+    out_f = torch.as_tensor(out_size, dtype=torch.float32, device=device)
+    scale = in_f / out_f
+    index = torch.arange(out_size, device=device, dtype=torch.float32) * scale
+    last = torch.as_tensor(in_size, device=device, dtype=torch.int64) - 1
+    return torch.minimum(index.floor().to(torch.int64), last)
