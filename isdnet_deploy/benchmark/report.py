@@ -1,0 +1,177 @@
+"""Tables, JSON and a bar chart for benchmark results, in trtexec's vocabulary.
+
+Throughput is FPS (Algorithm 1: timed iterations / total time); latency is per forward with
+min/mean/median/p90/p99 as trtexec prints them, so numbers read the same next to its logs.
+Files are written to a temporary file in the target directory and moved into place, so an
+interrupted run never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..errors import IsdnetError
+from .protocol import InterleaveResult, MethodResult, RewarmInfo
+
+SCHEMA = "isdnet_deploy.benchmark/1"
+
+_COLUMNS = (
+    ("method", "<"), ("throughput FPS", ">"), ("speed-up", ">"), ("latency mean ms", ">"),
+    ("median ms", ">"), ("p90 ms", ">"), ("p99 ms", ">"), ("peak host MiB", ">"),
+    ("peak device MiB", ">"), ("GFLOP/s", ">"), ("% of peak", ">"),
+)
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _grid(header: Sequence[str], aligns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, aligns, widths, strict=True))
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def _machine_lines(machine: dict) -> list[str]:
+    lines = [f"machine: {machine.get('cpu_model', '?')}, "
+             f"{machine.get('physical_cores', '?')} physical / "
+             f"{machine.get('logical_cores', '?')} logical cores, threads {machine.get('threads')}"]
+    if machine.get("gpus"):
+        lines.append(f"gpus: {'; '.join(machine['gpus'])}")
+    if machine.get("matmul_gflops"):
+        lines.append(f"peak (float32 matmul): {machine['matmul_gflops']:.1f} GFLOP/s")
+    return lines
+
+
+def _rewarm_line(name: str, info: RewarmInfo) -> str:
+    verdict = "came back" if info.came_back else "did NOT come back"
+    tries = ", ".join(f"{f:.2f}" for f in info.fps_per_try)
+    return (f"re-warm before {name}: {info.reference} {verdict} to {info.achieved_fps:.2f} FPS "
+            f"(target {info.target_fps:.2f} ±{info.tolerance:.0%}, "
+            f"{info.tries} tr{'y' if info.tries == 1 else 'ies'}: {tries})")
+
+
+def format_table(results: Sequence[MethodResult], machine: dict | None = None) -> str:
+    """One row per method, then the re-warm verdicts; speed-up is against the first method."""
+    rows = [[
+        r.name, _num(r.fps), f"{r.speedup:.2f}x", _num(r.mean_ms, 3), _num(r.median_ms, 3),
+        _num(r.p90_ms, 3), _num(r.p99_ms, 3), _num(r.peak_host_mib, 1),
+        _num(r.peak_device_mib, 1), _num(r.gflops_per_s, 1), _num(r.percent_of_peak, 1),
+    ] for r in results]
+    header = [c for c, _ in _COLUMNS]
+    lines = _machine_lines(machine) if machine else []
+    if results:
+        first = results[0]
+        lines.append(f"protocol: {first.warmup} warm-up + {first.iters} timed forwards per method; "
+                     f"reference: {first.name}")
+    lines.append(_grid(header, [a for _, a in _COLUMNS], rows))
+    lines += [_rewarm_line(r.name, r.rewarm) for r in results if r.rewarm is not None]
+    sources = {r.peak_host_source for r in results if r.peak_host_source}
+    lines += [f"peak host memory: {s}" for s in sorted(sources)]
+    return "\n".join(lines)
+
+
+def format_interleave(result: InterleaveResult) -> str:
+    """Per-round FPS and ratio to the reference, with the median ratio that should be trusted."""
+    names = list(result.fps)
+    others = [n for n in names if n != result.reference]
+    header = ["round", *(f"{n} FPS" for n in names), *(f"{n}/{result.reference}" for n in others)]
+    rows = [[str(i + 1), *(_num(result.fps[n][i]) for n in names),
+             *(f"{result.ratios[n][i]:.3f}" for n in others)] for i in range(result.rounds)]
+    rows.append(["median", *("" for _ in names),
+                 *(f"{result.median_ratio[n]:.3f}" for n in others)])
+    intro = (f"interleaved: {result.rounds} rounds of {' '.join(names)}, each turn "
+             f"{result.warmup} warm-up + {result.iters} timed forwards")
+    return intro + "\n" + _grid(header, ["<"] + [">"] * (len(header) - 1), rows)
+
+
+def to_json(results: Sequence[MethodResult], interleave: InterleaveResult | None = None,
+            machine: dict | None = None, settings: dict | None = None) -> dict:
+    """A plain, JSON-serialisable dict of everything measured and the conditions it ran under."""
+    return {
+        "schema": SCHEMA,
+        "settings": dict(settings or {}),
+        "machine": dict(machine or {}),
+        "results": [asdict(r) for r in results],
+        "interleave": asdict(interleave) if interleave is not None else None,
+    }
+
+
+def from_json(data: dict) -> tuple[list[MethodResult], InterleaveResult | None]:
+    """Rebuild the results from ``to_json``'s dict (e.g. to re-plot a saved run)."""
+    if data.get("schema") != SCHEMA:
+        raise IsdnetError(f"benchmark JSON has schema {data.get('schema')!r}, expected {SCHEMA!r}; "
+                          "pass a file written by isdnet-deploy's benchmark")
+    results = []
+    for item in data["results"]:
+        fields = dict(item)
+        if fields.get("rewarm") is not None:
+            fields["rewarm"] = RewarmInfo(**fields["rewarm"])
+        results.append(MethodResult(**fields))
+    inter = data.get("interleave")
+    return results, InterleaveResult(**inter) if inter is not None else None
+
+
+@contextlib.contextmanager
+def _atomic(path: str | os.PathLike, mode: str) -> Any:
+    """Yield a temp file beside ``path``; move it into place only if writing succeeded."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise IsdnetError(f"output directory {target.parent} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write ``data`` as JSON atomically; NaN/inf are refused as strict JSON has none."""
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise IsdnetError(f"benchmark data is not JSON-serialisable ({exc}); "
+                          "pass the dict from report.to_json") from exc
+    with _atomic(path, "w") as f:
+        f.write(text + "\n")
+
+
+def plot_fps(results: Sequence[MethodResult], path: str | os.PathLike,
+             title: str = "ISDNet throughput") -> None:
+    """FPS bar per method, its speed-up over the reference written on the bar; PNG, atomic."""
+    if not results:
+        raise IsdnetError("no results to plot; run the benchmark with at least one method")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4.0, 1.4 * len(results) + 2.0), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    names = [r.name for r in results]
+    fps = [r.fps for r in results]
+    bars = ax.bar(names, fps, color=["#7f7f7f"] + ["#1f77b4"] * (len(results) - 1))
+    ax.bar_label(bars, labels=[f"{r.speedup:.2f}x" for r in results], padding=3)
+    ax.set_ylim(0, max(fps) * 1.15)
+    ax.set_ylabel("throughput (FPS)")
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=15 if len(results) > 3 else 0)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    with _atomic(path, "wb") as f:
+        f.write(buffer.getvalue())
