@@ -1,0 +1,3 @@
+from isdnet_deploy.cli import main
+
+main()
