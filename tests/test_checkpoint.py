@@ -115,7 +115,8 @@ def test_disagreeing_aliases(tmp_path) -> None:
     state["refine_head.stdc_net.x8.0.3.conv_list.0.conv.weight"] += 1.0
     path = tmp_path / "ckpt.pth"
     torch.save(state, path)
-    with pytest.raises(IsdnetError, match=r"aliased keys disagree: refine_head\.stdc_net\.x8\.0\.3"):
+    with pytest.raises(IsdnetError,
+                       match=r"aliased keys disagree: refine_head\.stdc_net\.x8\.0\.3"):
         load_model(path)
 
 
