@@ -113,3 +113,40 @@ class Contract:
             ("exporter", str(self.exporter)),
             ("checkpoint sha256", str(self.checkpoint_sha256)),
         ] + [(k, json.dumps(v)) for k, v in self.extra.items()]
+
+
+def embed_in_onnx(model_proto: Any, contract: Contract) -> None:
+    """Write the contract into an ``onnx.ModelProto``'s metadata (replacing an old one)."""
+    props = model_proto.metadata_props
+    for i in reversed(range(len(props))):
+        if props[i].key == METADATA_KEY:
+            del props[i]
+    entry = props.add()
+    entry.key = METADATA_KEY
+    entry.value = contract.to_json()
+
+
+def read_onnx_contract(model_proto: Any) -> Contract | None:
+    """The contract of an ONNX model, or None when it was not exported by this toolkit."""
+    for prop in model_proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            return Contract.from_json(prop.value)
+    return None
+
+
+def load_onnx_proto(path: str, load_weights: bool = False) -> Any:
+    """``onnx.load`` with one-line errors for missing, foreign or damaged files."""
+    import os
+
+    import onnx
+
+    if not os.path.exists(path):
+        raise IsdnetError(f"file not found: {path}")
+    if os.path.isdir(path):
+        raise IsdnetError(f"{path} is a directory, not an ONNX file")
+    try:
+        return onnx.load(path, load_external_data=load_weights)
+    except Exception as exc:  # protobuf raises DecodeError, onnx raises several types
+        raise IsdnetError(f"{path} is not a readable ONNX model (truncated, corrupt or another "
+                          f"file type: {str(exc).splitlines()[0][:120] if str(exc) else exc!r})"
+                          ) from None

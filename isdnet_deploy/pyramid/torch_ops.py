@@ -47,7 +47,9 @@ class LaplacianPyramid(nn.Module):
         for _ in range(self.levels):
             down = self.blur(current, self.kernel)[:, :, ::2, ::2]
             up = self.blur(zero_insert(down), 4 * self.kernel)
-            if up.shape[2:] != current.shape[2:]:
+            # Under export the size test would be frozen at the tracing size, so the graph
+            # always resizes; at equal sizes legacy nearest is the identity.
+            if torch.onnx.is_in_onnx_export() or up.shape[2:] != current.shape[2:]:
                 up = legacy_nearest(up, current.shape[2:])
             out.append(current - up)
             current = down

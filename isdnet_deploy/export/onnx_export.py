@@ -1,0 +1,336 @@
+"""ONNX export of the reference model, verified against it before the file appears.
+
+The file is written to a temporary name beside the target, checked with onnx.checker, run
+in ONNX Runtime on a seeded input and compared with the PyTorch reference; only an export
+within tolerance is renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..contract import (
+    INPUT_KINDS,
+    OUTPUT_KINDS,
+    PYRAMID_MODES,
+    Contract,
+    TensorSpec,
+    embed_in_onnx,
+)
+from ..errors import IsdnetError
+from ..profiles import MIN_SIZE, get_profile, profile_for_classes
+from .graph import DeployGraph
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+EXPORTERS = ("torchscript", "dynamo")
+# Verifying a dynamic model at a size not divisible by 4 exercises the pyramid's odd-size
+# fallback at both levels and a legacy-nearest size (1002 -> 250) where ONNX Resize and
+# PyTorch round differently.
+DEFAULT_VERIFY_SIZE = (1002, 762)
+DEFAULT_RTOL = 1e-5
+
+
+@dataclass
+class Parity:
+    size: tuple[int, int]
+    max_abs_diff: float | None
+    mean_abs_diff: float | None
+    argmax_agreement: float
+    decided_agreement: float
+    tolerance: float
+    atol: float
+    rtol: float
+    min_agreement: float
+    passed: bool
+    ort_seconds: float
+    torch_seconds: float
+
+
+@dataclass
+class ExportReport:
+    path: str
+    seconds: float
+    file_bytes: int
+    contract: Contract
+    parity: Parity | None = None
+    simplified: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["contract"] = asdict(self.contract)
+        return data
+
+
+def check_output_path(path: str | Path, suffix: str = ".onnx") -> Path:
+    path = Path(path)
+    if path.suffix != suffix:
+        raise IsdnetError(f"output {path} should end with {suffix}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise IsdnetError(f"output directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise IsdnetError(f"output directory {parent} is not writable; choose another -o path")
+    if path.is_dir():
+        raise IsdnetError(f"output {path} is a directory; give a file name ending in {suffix}")
+    return path
+
+
+def build_contract(model: torch.nn.Module, *, pyramid: str, input_kind: str, output_kind: str,
+                   labels_dtype: str, dynamic: bool, size: tuple[int, int] | None,
+                   opset: int, exporter: str, profile: str | None) -> Contract:
+    num_classes = int(model.num_classes)
+    prof = get_profile(profile) if profile else profile_for_classes(num_classes)
+    if prof is not None and prof.num_classes != num_classes:
+        raise IsdnetError(f"profile {prof.name} has {prof.num_classes} classes but the model "
+                          f"has {num_classes}; pick a matching --profile")
+    h, w = ("height", "width") if dynamic else size
+    if input_kind == "uint8":
+        inputs = [TensorSpec("image", "uint8", "NHWC", [1, h, w, 3], "RGB bytes 0..255")]
+    else:
+        inputs = [TensorSpec("image", "float32", "NCHW", [1, 3, h, w],
+                             "RGB, (x - mean) / std")]
+    if pyramid == "external":
+        inputs.append(TensorSpec("residual", "float32", "NCHW", [1, 6, h, w],
+                                 "Laplacian residuals of the normalised image (level 0, "
+                                 "level 1 bilinearly resized)"))
+    if output_kind == "labels":
+        outputs = [TensorSpec("labels", labels_dtype, "HW", [h, w], "class id per pixel")]
+    else:
+        outputs = [TensorSpec("logits", "float32", "NCHW", [1, num_classes, h, w],
+                              "class scores at input resolution")]
+    classes = list(prof.classes) if prof else [f"class_{i}" for i in range(num_classes)]
+    palette = [list(c) for c in prof.palette] if prof else []
+    return Contract(
+        inputs=inputs, outputs=outputs, input_kind=input_kind, output_kind=output_kind,
+        pyramid=pyramid, dynamic=dynamic, fixed_size=None if dynamic else list(size),
+        min_size=MIN_SIZE, profile=prof.name if prof else None, classes=classes,
+        palette=palette, test_scale=prof.test_scale if prof else 1.0,
+        checkpoint_sha256=getattr(model, "checkpoint_sha256", None), opset=opset,
+        exporter=exporter, tool_version=__version__,
+    )
+
+
+def _check_options(pyramid: str, input_kind: str, output_kind: str, labels_dtype: str,
+                   dynamic: bool, size: tuple[int, int] | None, exporter: str) -> None:
+    for value, allowed, what in ((pyramid, PYRAMID_MODES, "pyramid"),
+                                 (input_kind, INPUT_KINDS, "input"),
+                                 (output_kind, OUTPUT_KINDS, "output"),
+                                 (labels_dtype, ("uint8", "int32"), "labels dtype"),
+                                 (exporter, EXPORTERS, "exporter")):
+        if value not in allowed:
+            raise IsdnetError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+    if dynamic and size is not None:
+        raise IsdnetError("--size fixes the input size, --dynamic makes it symbolic: "
+                          "give one of them")
+    if not dynamic and size is None:
+        raise IsdnetError("a static export needs --size HxW")
+    if size is not None and min(size) < MIN_SIZE:
+        raise IsdnetError(f"size {size[0]}x{size[1]} is below the minimum {MIN_SIZE}x{MIN_SIZE}")
+
+
+def sample_inputs(contract: Contract, size: tuple[int, int], seed: int = 0
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Seeded feeds for the artifact plus the normalised float image the reference takes.
+
+    The image is smooth noise (photo-like), not white noise, so the comparison happens on
+    the kind of input the model is built for.
+    """
+    from ..pyramid.opencv_ops import shallow_input_nchw
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    coarse = rng.uniform(0, 255, size=(max(h // 16, 2), max(w // 16, 2), 3)).astype(np.float32)
+    import cv2
+
+    rgb = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    rgb = np.clip(rgb + rng.normal(0, 12, size=rgb.shape), 0, 255).round().astype(np.uint8)
+    mean = np.asarray(contract.mean, np.float32)
+    std = np.asarray(contract.std, np.float32)
+    normalised = ((rgb.astype(np.float32) - mean) / std).transpose(2, 0, 1)[None]
+    normalised = np.ascontiguousarray(normalised)
+    feeds = {"image": rgb[None] if contract.input_kind == "uint8" else normalised}
+    if contract.pyramid == "external":
+        feeds["residual"] = shallow_input_nchw(normalised[0].transpose(1, 2, 0))
+    return feeds, normalised
+
+
+def verify_onnx(path: str | Path, model: torch.nn.Module, contract: Contract,
+                size: tuple[int, int], *, atol: float = 1e-4, rtol: float = DEFAULT_RTOL,
+                min_agreement: float = 1.0, seed: int = 0) -> Parity:
+    """Run the ONNX file in ONNX Runtime (CPU) and compare with the PyTorch reference.
+
+    The tolerance is ``atol + rtol * max|ref|``: float32 itself is that noisy at this depth
+    (the same PyTorch model in float32 vs float64 differs by ~1e-5 of the largest logit), so
+    a bare absolute bound would fail on correct exports of models with large logits. The
+    argmax must agree on every *decided* pixel, one whose reference top-2 margin exceeds
+    twice the tolerance; pixels tied within float noise may go either way (raw agreement
+    is reported too). A labels-output model is judged on agreement alone.
+    """
+    import onnxruntime as ort
+
+    feeds, normalised = sample_inputs(contract, size, seed)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    start = time.perf_counter()
+    (result,) = session.run(None, feeds)
+    ort_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.no_grad():
+        reference = model(torch.from_numpy(normalised)).numpy()
+    torch_seconds = time.perf_counter() - start
+    ref_labels = reference.argmax(axis=1)[0]
+    tolerance = atol + rtol * float(np.abs(reference).max())
+    if contract.output_kind == "labels":
+        labels = result.astype(np.int64)
+        max_diff = mean_diff = None
+        close = True
+    else:
+        labels = result.argmax(axis=1)[0]
+        diff = np.abs(result - reference)
+        max_diff, mean_diff = float(diff.max()), float(diff.mean())
+        close = max_diff <= tolerance
+    top2 = np.sort(reference[0], axis=0)[-2:]
+    decided = (top2[1] - top2[0]) > 2 * tolerance
+    same = labels == ref_labels
+    agreement = float(same.mean())
+    decided_agreement = float(same[decided].mean()) if decided.any() else 1.0
+    return Parity(size=tuple(size), max_abs_diff=max_diff, mean_abs_diff=mean_diff,
+                  argmax_agreement=agreement, decided_agreement=decided_agreement,
+                  tolerance=tolerance, atol=atol, rtol=rtol, min_agreement=min_agreement,
+                  passed=close and decided_agreement >= min_agreement,
+                  ort_seconds=ort_seconds, torch_seconds=torch_seconds)
+
+
+def _trace_to_onnx(graph: DeployGraph, path: str, contract: Contract, example: tuple,
+                   exporter: str, opset: int) -> None:
+    input_names = [s.name for s in contract.inputs]
+    output_names = [s.name for s in contract.outputs]
+    dynamic_axes = None
+    if contract.dynamic:
+        dynamic_axes = {}
+        for spec in [*contract.inputs, *contract.outputs]:
+            dynamic_axes[spec.name] = {i: d for i, d in enumerate(spec.shape)
+                                       if isinstance(d, str)}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(graph, example, path, input_names=input_names,
+                              output_names=output_names, dynamic_axes=dynamic_axes,
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+        else:
+            dynamic_shapes = None
+            if contract.dynamic:
+                dim_h = torch.export.Dim("height", min=MIN_SIZE, max=16384)
+                dim_w = torch.export.Dim("width", min=MIN_SIZE, max=16384)
+                dynamic_shapes = {}
+                for spec, name in zip(contract.inputs, ("image", "residual"), strict=False):
+                    hi, wi = [i for i, d in enumerate(spec.shape) if isinstance(d, str)]
+                    dynamic_shapes[name] = {hi: dim_h, wi: dim_w}
+                if "residual" not in dynamic_shapes:
+                    dynamic_shapes["residual"] = None
+            program = torch.onnx.export(graph, example, input_names=input_names,
+                                        output_names=output_names, opset_version=opset,
+                                        dynamic_shapes=dynamic_shapes, dynamo=True,
+                                        external_data=False)
+            program.save(path, external_data=False)
+
+
+def _finalise_proto(path: str, contract: Contract, simplify: bool) -> None:
+    import onnx
+
+    proto = onnx.load(path)
+    if simplify:
+        import onnxslim
+
+        proto = onnxslim.slim(proto)
+    embed_in_onnx(proto, contract)
+    proto.producer_name = "isdnet-deploy"
+    proto.producer_version = __version__
+    proto.doc_string = (f"ISDNet ({contract.profile or 'custom'}, {contract.num_classes} "
+                        f"classes); I/O contract in metadata key 'isdnet_deploy'")
+    onnx.save(proto, path)
+    onnx.checker.check_model(path, full_check=True)
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "graph",
+                input: str = "float", output: str = "logits", labels_dtype: str = "uint8",
+                dynamic: bool = True, size: tuple[int, int] | None = None,
+                opset: int = DEFAULT_OPSET, exporter: str = "torchscript",
+                simplify: bool = False, verify: bool = True,
+                verify_size: tuple[int, int] | None = None, atol: float = 1e-4,
+                rtol: float = DEFAULT_RTOL, profile: str | None = None,
+                fast_pyramid: bool = True) -> ExportReport:
+    """Export ``model`` to a self-describing ONNX file at ``path``; see the module doc."""
+    _check_options(pyramid, input, output, labels_dtype, dynamic, size, exporter)
+    path = check_output_path(path)
+    contract = build_contract(model, pyramid=pyramid, input_kind=input, output_kind=output,
+                              labels_dtype=labels_dtype, dynamic=dynamic, size=size,
+                              opset=opset, exporter=exporter, profile=profile)
+    graph = DeployGraph(_for_export(model, fast_pyramid), pyramid=pyramid, input_kind=input,
+                        output_kind=output, labels_dtype=labels_dtype,
+                        mean=tuple(contract.mean), std=tuple(contract.std)).eval()
+    trace_size = size or (96, 128)
+    feeds, _ = sample_inputs(contract, trace_size)
+    example = tuple(torch.from_numpy(feeds[s.name]) for s in contract.inputs)
+
+    start = time.perf_counter()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            _trace_to_onnx(graph, tmp, contract, example, exporter, opset)
+        _finalise_proto(tmp, contract, simplify)
+        parity = None
+        if verify:
+            parity = verify_onnx(tmp, model, contract, verify_size or size or
+                                 DEFAULT_VERIFY_SIZE, atol=atol, rtol=rtol)
+            if not parity.passed:
+                raise IsdnetError(
+                    f"exported model disagrees with the PyTorch reference at "
+                    f"{parity.size[0]}x{parity.size[1]}: max |diff| {parity.max_abs_diff} "
+                    f"(allowed {parity.tolerance:.2e} = atol {atol} + rtol {rtol} x max|ref|), "
+                    f"agreement on decided pixels {parity.decided_agreement:.4%} (needed "
+                    f">= {parity.min_agreement:.2%}); nothing written")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    finally:
+        for stray in path.parent.glob(f".{path.name}.*.tmp.data"):
+            stray.unlink()
+    seconds = time.perf_counter() - start
+    return ExportReport(path=str(path), seconds=seconds, file_bytes=path.stat().st_size,
+                        contract=contract, parity=parity, simplified=simplify)
+
+
+def _for_export(model: torch.nn.Module, fast_pyramid: bool) -> torch.nn.Module:
+    """The model as traced: the reference itself, or a shallow copy with the cheaper but
+    equal pyramid (the reference object is never modified)."""
+    if not fast_pyramid:
+        return model
+    try:
+        from .fast_pyramid import FastLaplacianPyramid
+    except ImportError:
+        return model
+    import copy
+
+    traced = copy.copy(model)
+    traced.refine_head = copy.copy(model.refine_head)
+    traced.refine_head._modules = dict(model.refine_head._modules)
+    traced.refine_head.lap_pyramid = FastLaplacianPyramid()
+    return traced
