@@ -1,0 +1,32 @@
+"""The embeddable runtime: no torch import, works on raw buffers, reads artifact contracts.
+
+    from isdnet_deploy import runtime
+    seg = runtime.load("model.onnx")           # or "model.engine", or "model.pth" (torch)
+    labels = seg.predict(image_hwc_uint8)      # HxW class ids at the image's size
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..contract import Contract
+from .backend import Backend
+from .pipeline import Pipeline
+from .registry import BACKENDS, backend_for, open_backend
+from .segmenter import Segmenter
+
+
+def load(path: str | Path | None, backend: str = "auto", device: str = "cpu",
+         scale: bool = True, **options: Any) -> Segmenter:
+    """Open an artifact (.onnx, TensorRT .engine, or a .pth checkpoint for the torch
+    reference; ``None`` gives the reference with random weights) as a ``Segmenter``.
+
+    ``options`` go to the backend (ONNX Runtime: threads, opt_level, tensorrt_ep,
+    trt_cache, trt_fp16, contract).
+    """
+    return Segmenter(open_backend(path, backend, device, **options), scale=scale)
+
+
+__all__ = ["BACKENDS", "Backend", "Contract", "Pipeline", "Segmenter", "backend_for", "load",
+           "open_backend"]

@@ -1,0 +1,130 @@
+"""ONNX Runtime backend: CPU by default; CUDA or TensorRT execution providers on request."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import METADATA_KEY, Contract
+from ..errors import IsdnetError, missing
+from .backend import Backend
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _session_options(threads: int | None, opt_level: str, profile_prefix: str | None,
+                     optimized_path: str | None):
+    import onnxruntime as ort
+
+    if opt_level not in OPT_LEVELS:
+        raise IsdnetError(f"unknown graph optimisation level {opt_level!r}; choose one of: "
+                          f"{', '.join(OPT_LEVELS)}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opt_level]
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return options
+
+
+def _providers(device: str, tensorrt_ep: bool, trt_cache: str | None, trt_fp16: bool
+               ) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device != "cuda":
+        raise IsdnetError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    if "CUDAExecutionProvider" not in available:
+        raise missing("onnxruntime-gpu", "gpu",
+                      why="the installed onnxruntime has no CUDA execution provider")
+    providers: list = []
+    if tensorrt_ep:
+        if "TensorrtExecutionProvider" not in available:
+            raise missing("tensorrt", "tensorrt",
+                          why="onnxruntime has no TensorRT execution provider here")
+        trt_options = {"trt_fp16_enable": trt_fp16}
+        if trt_cache:
+            trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=trt_cache,
+                               trt_timing_cache_enable=True)
+        providers.append(("TensorrtExecutionProvider", trt_options))
+    providers += ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return providers
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: str = "cpu", *, threads: int | None = None,
+                 opt_level: str = "all", tensorrt_ep: bool = False,
+                 trt_cache: str | None = None, trt_fp16: bool = False,
+                 contract: Contract | None = None, profile_prefix: str | None = None,
+                 optimized_path: str | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = str(path)
+        self.device = device
+        providers = _providers(device, tensorrt_ep, trt_cache, trt_fp16)
+        options = _session_options(threads, opt_level, profile_prefix, optimized_path)
+        try:
+            self.session = ort.InferenceSession(self.path, options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/NoSuchFile types
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise IsdnetError(f"{self.path} could not be opened by ONNX Runtime: the file is "
+                              f"truncated, corrupt or not ONNX ({text[:160]})") from None
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise IsdnetError("ONNX Runtime could not use the CUDA provider (no CUDA GPU or "
+                              "driver found); use device='cpu'")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if contract is None:
+            if METADATA_KEY not in meta:
+                raise IsdnetError(
+                    f"{self.path} has no isdnet-deploy contract in its metadata (not exported "
+                    f"by isdnet-deploy); export it with 'isdnet-deploy export' or pass "
+                    f"contract=Contract(...) to describe its inputs")
+            contract = Contract.from_json(meta[METADATA_KEY])
+        self.contract = contract
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, np.ndarray],
+            out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        if not out:
+            results = self.session.run(self.output_names, dict(feeds))
+            return dict(zip(self.output_names, results, strict=True))
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in self.output_names:
+            if name in out:
+                buffer = out[name]
+                if not buffer.flags.c_contiguous:
+                    raise IsdnetError(f"out buffer for {name!r} must be C-contiguous")
+                binding.bind_output(name, "cpu", element_type=buffer.dtype,
+                                    shape=buffer.shape, buffer_ptr=buffer.ctypes.data)
+            else:
+                binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        results = {}
+        for name, value in zip(self.output_names, binding.get_outputs(), strict=True):
+            results[name] = out[name] if name in out else value.numpy()
+        return results
+
+    def end_profiling(self) -> str:
+        return self.session.end_profiling()
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,96 @@
+"""``Segmenter``: image in, labels out, over any backend, using the artifact's contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..contract import Contract
+from ..errors import IsdnetError
+from . import preprocess
+from .backend import Backend
+from .inputs import classify_image, is_cuda_array, to_host_array
+
+
+class Segmenter:
+    """Wraps a backend with the pre/post-processing its contract asks for.
+
+    ``scale=True`` applies the profile's test scale (DeepGlobe: 2448 -> 1958), runs, and
+    returns labels at the image's own size, as the official test pipeline does.
+    """
+
+    def __init__(self, backend: Backend, scale: bool = True) -> None:
+        self.backend = backend
+        self.contract: Contract = backend.contract
+        self.scale = scale
+
+    @property
+    def classes(self) -> list[str]:
+        return self.contract.classes
+
+    def _rgb(self, image: Any, color: str) -> tuple[str, np.ndarray]:
+        if color not in ("rgb", "bgr"):
+            raise IsdnetError(f"color must be 'rgb' or 'bgr', not {color!r}")
+        array = to_host_array(image)
+        kind = classify_image(array)
+        if kind == "hwc8" and color == "bgr":
+            array = array[:, :, ::-1]
+        return kind, array
+
+    def feeds(self, image: Any, color: str = "rgb") -> tuple[dict[str, np.ndarray],
+                                                               tuple[int, int]]:
+        """The artifact's feeds for ``image`` and the size labels must come back at."""
+        kind, array = self._rgb(image, color)
+        if kind == "nchw":
+            return preprocess.feeds_from_normalised(array, self.contract), array.shape[2:]
+        size = array.shape[:2]
+        if self.scale and self.contract.test_scale != 1.0:
+            array = preprocess.resize_image(
+                array, preprocess.scaled_size(*size, self.contract.test_scale))
+        return preprocess.prepare_feeds(np.ascontiguousarray(array), self.contract), size
+
+    def run_feeds(self, feeds: dict[str, np.ndarray],
+                  out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        return self.backend.run(feeds, out)
+
+    def logits(self, image: Any, color: str = "rgb") -> np.ndarray:
+        """1 x classes x h x w scores at the size the artifact saw (after test scale)."""
+        if self.contract.output_kind != "logits":
+            raise IsdnetError("this artifact outputs labels only; export with "
+                              "--output logits to get scores")
+        feeds, _ = self.feeds(image, color)
+        return self.backend.run(feeds)["logits"]
+
+    def predict(self, image: Any, color: str = "rgb", out: np.ndarray | None = None
+                ) -> np.ndarray:
+        """HxW class ids at the input image's size; fills ``out`` when given."""
+        if is_cuda_array(image) and getattr(self.backend, "device", "cpu") == "cuda":
+            return self._predict_device(image, out)
+        feeds, size = self.feeds(image, color)
+        return self.finish(self.backend.run(feeds), size, out)
+
+    def finish(self, outputs: dict[str, np.ndarray], size: tuple[int, int],
+               out: np.ndarray | None = None) -> np.ndarray:
+        if out is not None and tuple(out.shape) != tuple(size):
+            raise IsdnetError(f"out buffer is {out.shape}, labels are {tuple(size)}")
+        if "labels" in outputs:
+            return preprocess.resize_labels(outputs["labels"], size, out)
+        return preprocess.logits_to_labels(outputs["logits"], size, out)
+
+    def _predict_device(self, image: Any, out: np.ndarray | None) -> np.ndarray:
+        """Device-resident input goes to the engine as is (zero-copy): it must already be
+        in the artifact's input form, at the artifact's size."""
+        outputs = self.backend.run({"image": image})
+        h_axis, w_axis = (1, 2) if self.contract.inputs[0].layout == "NHWC" else (2, 3)
+        size = (int(image.shape[h_axis]), int(image.shape[w_axis]))
+        return self.finish(outputs, size, out)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
