@@ -29,9 +29,11 @@ class Backend(ABC):
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on synchronous CPU backends)."""
+        return None
 
     def close(self) -> None:
         """Release sessions, engines and device memory."""
+        return None
 
     def __enter__(self) -> Backend:
         return self
