@@ -36,8 +36,9 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     from .demo import demo_command
+    from .samples import samples_command
 
-    for command in (demo_command,):
+    for command in (demo_command, samples_command):
         main.add_command(command)
 
 
