@@ -36,9 +36,10 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     from .demo import demo_command
+    from .infer import evaluate_command, infer_command
     from .samples import samples_command
 
-    for command in (demo_command, samples_command):
+    for command in (demo_command, infer_command, evaluate_command, samples_command):
         main.add_command(command)
 
 

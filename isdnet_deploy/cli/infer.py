@@ -1,0 +1,348 @@
+"""``isdnet-deploy infer`` and ``evaluate``: real images through any artifact.
+
+Both read files with ``data.images`` (8-bit RGB policy), apply the profile's test scale
+(the ``Segmenter`` does), tile images larger than the artifact accepts, carry on past bad
+files and list every failure at the end with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import IsdnetError, missing
+from ..profiles import DEFAULT_PROFILE, Profile, get_profile, parse_size
+from ..runtime.batch import (
+    ArtifactResult,
+    BatchReport,
+    Predictor,
+    TileSettings,
+    collect_inputs,
+    evaluate_pairs,
+    infer_files,
+    result_scores,
+)
+
+REFERENCE = "reference"
+_SHOW = 10  # unpaired files named on the console (all of them go to the JSON)
+
+
+def open_artifact(spec: str, profile: str | None, device: str | None, scale: bool,
+                  threads: int | None) -> tuple[Any, str]:
+    """(Segmenter, display name) for a path or the word ``reference`` (random weights)."""
+    from .. import runtime
+    from ..runtime.registry import backend_for
+
+    if spec == REFERENCE:
+        prof = get_profile(profile or DEFAULT_PROFILE)
+        click.secho(f"WARNING: 'reference' is the PyTorch ISDNet with RANDOM weights "
+                    f"({prof.name}, {prof.num_classes} classes): its predictions are "
+                    "meaningless; pass a .pth checkpoint for real ones.", fg="yellow", err=True)
+        try:
+            from ..model.checkpoint import build_model
+        except ImportError:
+            raise missing("torch", why="needed for the PyTorch reference") from None
+        from ..runtime.torch_backend import TorchBackend
+
+        backend = TorchBackend(None, device or "cpu", model=build_model(prof.num_classes),
+                               profile=prof.name, threads=threads)
+        return runtime.Segmenter(backend, scale=scale), "reference (random weights)"
+    kind = backend_for(spec)
+    options: dict[str, Any] = {}
+    if threads and kind != "tensorrt":
+        options["threads"] = threads
+    if kind == "torch" and profile:
+        options["profile"] = get_profile(profile).name
+    segmenter = runtime.load(spec, device=device or ("cuda" if kind == "tensorrt" else "cpu"),
+                             scale=scale, **options)
+    own = segmenter.contract.profile
+    if profile and own and own != get_profile(profile).name:
+        raise IsdnetError(f"{spec} was exported for profile {own}, not {profile}; drop "
+                          f"--profile or pass --profile {own}")
+    return segmenter, Path(spec).name
+
+
+def tile_settings(tile: str | None, max_size: str | None, overlap: float) -> TileSettings:
+    if tile and max_size:
+        raise IsdnetError("--tile always tiles at that size, --max-size tiles only larger "
+                          "images: give one of them")
+    return TileSettings(tile=parse_size(tile) if tile else None,
+                        max_size=parse_size(max_size) if max_size else None, overlap=overlap)
+
+
+def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--profile", default=None,
+                     help="deepglobe, inria or cityscapes: the classes of 'reference' and "
+                          ".pth artifacts, and how masks are read [default: the artifact's "
+                          "own, else deepglobe]."),
+        click.option("--device", default=None,
+                     help="cpu or cuda [default: cuda for TensorRT engines, else cpu]."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for ONNX Runtime / PyTorch."),
+        click.option("--no-scale", is_flag=True,
+                     help="Feed images at their own size instead of the profile's test "
+                          "scale (DeepGlobe: x0.8)."),
+        click.option("--tile", default=None,
+                     help="Always tile with HxW tiles (network pixels, after the test scale)."),
+        click.option("--max-size", default=None,
+                     help="Memory budget: tile images larger than HxW (network pixels) with "
+                          "tiles of that size. Static models and TensorRT engines tile at "
+                          "their own limits without it."),
+        click.option("--overlap", type=click.FloatRange(min=0), default=0.25,
+                     show_default=True,
+                     help="Tile overlap: a fraction of the tile (< 1) or pixels (>= 1)."),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def _timing_line(summary: dict[str, Any]) -> str:
+    return (f"{summary['count']} images, mean {_ms(summary['mean_ms'])} ms, median "
+            f"{_ms(summary['median_ms'])} ms, min {_ms(summary['min_ms'])} ms, max "
+            f"{_ms(summary['max_ms'])} ms, total {summary['total_s']:.2f} s")
+
+
+def _report_failures(report: BatchReport, what: str) -> None:
+    if not report.failures:
+        return
+    click.secho(f"failed: {len(report.failures)} of {report.total} {what}:", fg="red", err=True)
+    for line in report.failure_lines():
+        click.echo(line, err=True)
+    raise IsdnetError(f"{len(report.failures)} of {report.total} {what} failed (listed above);"
+                      " the others were processed")
+
+
+@click.command("infer")
+@click.argument("artifact")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder for <stem>_labels.png (and overlays); created if missing.")
+@click.option("--overlay", "overlay_images", is_flag=True,
+              help="Also write <stem>_overlay.jpg/png: class colours blended over the image.")
+@_runtime_options
+def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_images: bool,
+                  profile: str | None, device: str | None, threads: int | None,
+                  no_scale: bool, tile: str | None, max_size: str | None, overlap: float,
+                  no_progress: bool) -> None:
+    """Segment JPEG/PNG/TIFF images (files or folders) with ARTIFACT.
+
+    ARTIFACT is an .onnx, .engine or .pth file, or 'reference' (random weights). Each
+    image gives OUTPUT/<stem>_labels.png, palette-indexed: pixel values are class ids,
+    viewers show class colours. GeoTIFFs give a georeferenced <stem>_labels.tif when
+    rasterio is installed (isdnet-deploy[geo]).
+
+    Images larger than the artifact accepts (static size, TensorRT profile maximum,
+    --max-size) are tiled with overlapping, blended tiles; labels-only artifacts blend
+    one-hot votes, i.e. a centre-weighted majority vote.
+
+    Example: isdnet-deploy infer model.onnx images/ -o out/ --overlay
+    """
+    tiles = tile_settings(tile, max_size, overlap)
+    paths, failures = collect_inputs(inputs, output)
+    if not paths:
+        if not failures:
+            raise IsdnetError("no images to segment: the folders hold only the outputs of an "
+                              "earlier run")
+        if len(failures) == 1:
+            raise IsdnetError(f"{failures[0].item}: {failures[0].message}")
+        report = BatchReport(total=len(failures), failures=failures)
+        _report_failures(report, "inputs")
+    segmenter, name = open_artifact(artifact, profile, device, not no_scale, threads)
+    with segmenter:
+        predictor = Predictor(segmenter, tiles)
+        report = BatchReport(total=len(failures), failures=list(failures))
+        infer_files(predictor, paths, output, overlay_images=overlay_images,
+                    progress=not no_progress, report=report)
+    click.echo(f"{name} ({segmenter.backend.name}): {report.done} of {report.total} inputs "
+               f"segmented into {output}")
+    if report.done:
+        click.echo("time per image (inference with pre/post-processing; reading and writing "
+                   f"files excluded): {_timing_line(report.timing('inference'))}")
+        click.echo(f"wall time {report.wall_seconds:.2f} s (files included)")
+    if report.tiled:
+        click.echo(f"tiled: {report.tiled} of {report.done} images (overlap {overlap})")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    _report_failures(report, "inputs")
+
+
+# --- evaluate ------------------------------------------------------------------------------
+
+
+def definitions_short(profile: Profile, images: int) -> str:
+    excluded = ", ".join(profile.miou_excludes)
+    over = (f"the {profile.num_classes - len(profile.miou_excludes)} classes other than "
+            f"{excluded} ({profile.num_classes} in the matrix)" if excluded
+            else f"all {profile.num_classes} classes")
+    return (f"Metrics: one confusion matrix per artifact summed over all {images} images; "
+            f"ground-truth pixels of 255 are ignored. IoU = TP/(TP+FP+FN), F1 = "
+            f"2TP/(2TP+FP+FN); mIoU and mF1 average {over}, leaving out classes absent from "
+            f"both prediction and ground truth; pixel accuracy = correct / all non-ignored "
+            f"pixels. Agreement = pixels labelled as by the first artifact.")
+
+
+def _pct(value: float, digits: int = 2) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.{digits}f}"
+
+
+def _delta(value: float, ref: float) -> str:
+    if math.isnan(value) or math.isnan(ref):
+        return "n/a"
+    return f"{100 * (value - ref):+.3f}"
+
+
+def parity_table(rows: list[dict[str, Any]]) -> str:
+    """Each artifact's metrics and its difference (percentage points) to the first."""
+    ref = rows[0]["scores"]
+    header = ["artifact", "backend", "mIoU", "dmIoU", "mF1", "dmF1", "aAcc", "daAcc",
+              "agree%", "median ms"]
+    table = [header]
+    for row in rows:
+        s = row["scores"]
+        table.append([row["artifact"], row["backend"],
+                      _pct(s["miou"]), _delta(s["miou"], ref["miou"]) if row is not rows[0]
+                      else "ref",
+                      _pct(s["mean_f1"]), _delta(s["mean_f1"], ref["mean_f1"]),
+                      _pct(s["pixel_accuracy"]),
+                      _delta(s["pixel_accuracy"], ref["pixel_accuracy"]),
+                      _pct(row["agreement"], 4), _ms(row["timing"]["median_ms"])])
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in table]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines) + "\n(d = difference to the first artifact in percentage points)"
+
+
+def _listing(paths: list[Path]) -> str:
+    more = f" (+{len(paths) - _SHOW} more, all in --json)" if len(paths) > _SHOW else ""
+    return ", ".join(p.name for p in paths[:_SHOW]) + more
+
+
+def _resolve_profile(artifacts: tuple[str, ...], profile: str | None,
+                     opened: dict[str, tuple[Any, str]]) -> Profile:
+    if profile:
+        return get_profile(profile)
+    for spec in artifacts:
+        if spec in opened and opened[spec][0].contract.profile:
+            return get_profile(opened[spec][0].contract.profile)
+    return get_profile(DEFAULT_PROFILE)
+
+
+def _artifact_json(result: ArtifactResult, scores: dict[str, Any], report: BatchReport,
+                   ref: dict[str, Any]) -> dict[str, Any]:
+    from ..metrics.segmentation import jsonable
+
+    delta = {key: scores[key] - ref[key] for key in ("miou", "mean_f1", "mean_accuracy",
+                                                     "pixel_accuracy")}
+    delta["class_iou"] = {c: scores["classes"][c]["iou"] - ref["classes"][c]["iou"]
+                          for c in scores["classes"]}
+    return jsonable({
+        "artifact": result.name, "backend": result.backend, "scores": scores,
+        "confusion_matrix": result.accumulator.matrix.tolist(),
+        "delta_to_reference": delta, "agreement_with_reference": result.agreement(),
+        "timing": report.timing(result.name),
+    })
+
+
+@click.command("evaluate")
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--images", required=True, type=click.Path(file_okay=False),
+              help="Folder of images.")
+@click.option("--labels", default=None, type=click.Path(file_okay=False),
+              help="Folder of masks [default: --images; DeepGlobe keeps both in one folder].")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write all metrics, confusion matrices and failures as JSON.")
+@_runtime_options
+def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None,
+                     json_path: str | None, profile: str | None, device: str | None,
+                     threads: int | None, no_scale: bool, tile: str | None,
+                     max_size: str | None, overlap: float, no_progress: bool) -> None:
+    """Accuracy of one or more ARTIFACTS on images with ground-truth masks.
+
+    Per-class IoU, F1, precision and recall, mIoU and pixel accuracy (the paper's metrics)
+    from one confusion matrix per artifact over the whole set. With several artifacts the
+    first is the reference (normally the .pth or 'reference') and a parity table gives each
+    one's difference to it and its label agreement.
+
+    Example: isdnet-deploy evaluate model.pth model.onnx --images data/val --json eval.json
+    """
+    from ..data.datasets import pair_files
+    from ..data.images import atomic_write_bytes
+    from ..metrics.segmentation import DEFINITIONS, format_scores
+
+    tiles = tile_settings(tile, max_size, overlap)
+    opened: dict[str, tuple[Any, str]] = {}
+    try:
+        for spec in artifacts:  # files first: they are quick to open and name the profile
+            if spec != REFERENCE and spec not in opened:
+                opened[spec] = open_artifact(spec, profile, device, not no_scale, threads)
+        prof = _resolve_profile(artifacts, profile, opened)
+        pairs, unpaired_images, unpaired_masks = pair_files(images, labels, prof)
+        if unpaired_images:
+            click.secho(f"unpaired images (no mask, not evaluated): {len(unpaired_images)}: "
+                        f"{_listing(unpaired_images)}", fg="yellow", err=True)
+        if unpaired_masks:
+            click.secho(f"unpaired masks (no image): {len(unpaired_masks)}: "
+                        f"{_listing(unpaired_masks)}", fg="yellow", err=True)
+        if REFERENCE in artifacts:
+            opened[REFERENCE] = open_artifact(REFERENCE, prof.name, device, not no_scale,
+                                              threads)
+        predictors, names = [], set()
+        for spec in artifacts:
+            segmenter, name = opened[spec]
+            while name in names:
+                name += "'"
+            names.add(name)
+            predictors.append((name, Predictor(segmenter, tiles)))
+        results, report = evaluate_pairs(predictors, pairs, prof, progress=not no_progress)
+    finally:
+        for segmenter, _ in opened.values():
+            segmenter.close()
+
+    click.echo(definitions_short(prof, report.done))
+    rows = []
+    for result in results:
+        scores = result_scores(result, prof)
+        rows.append({"artifact": result.name, "backend": result.backend, "scores": scores,
+                     "agreement": result.agreement(), "timing": report.timing(result.name),
+                     "result": result})
+        click.echo(f"\n== {result.name} ({result.backend}) on {report.done} images ==")
+        click.echo(format_scores(scores))
+        click.echo(f"time per image: {_timing_line(report.timing(result.name))}")
+    if len(rows) > 1:
+        click.echo("\nAccuracy parity (first artifact = reference)")
+        click.echo(parity_table(rows))
+    if report.tiled:
+        click.echo(f"tiled: {report.tiled} of {report.done} images (overlap {overlap})")
+    if json_path:
+        ref = rows[0]["scores"]
+        document = {
+            "definitions": DEFINITIONS,
+            "summary": definitions_short(prof, report.done),
+            "profile": prof.name, "classes": list(prof.classes),
+            "miou_excludes": list(prof.miou_excludes), "ignore_index": 255,
+            "images_evaluated": report.done, "pairs": len(pairs),
+            "test_scale": None if no_scale else prof.test_scale,
+            "tiling": {"tile": tiles.tile, "max_size": tiles.max_size,
+                       "overlap": tiles.overlap, "tiled_images": report.tiled},
+            "unpaired_images": [str(p) for p in unpaired_images],
+            "unpaired_masks": [str(p) for p in unpaired_masks],
+            "failures": [{"file": f.item, "error": f.message} for f in report.failures],
+            "artifacts": [_artifact_json(r["result"], r["scores"], report, ref)
+                          for r in rows],
+        }
+        atomic_write_bytes(json_path, json.dumps(document, indent=2).encode())
+        click.echo(f"wrote {json_path}")
+    _report_failures(report, "image/mask pairs")
