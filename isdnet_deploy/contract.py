@@ -20,6 +20,8 @@ PYRAMID_MODES = ("graph", "external")
 INPUT_KINDS = ("float", "uint8")
 OUTPUT_KINDS = ("logits", "labels")
 PRECISIONS = ("fp32", "fp16", "int8")
+EXPORTERS = ("torchscript", "dynamo")
+DEFAULT_OPSET = 17
 
 
 @dataclass
@@ -145,8 +147,11 @@ def load_onnx_proto(path: str, load_weights: bool = False) -> Any:
     if os.path.isdir(path):
         raise IsdnetError(f"{path} is a directory, not an ONNX file")
     try:
-        return onnx.load(path, load_external_data=load_weights)
+        proto = onnx.load(path, load_external_data=load_weights)
     except Exception as exc:  # protobuf raises DecodeError, onnx raises several types
         raise IsdnetError(f"{path} is not a readable ONNX model (truncated, corrupt or another "
                           f"file type: {str(exc).splitlines()[0][:120] if str(exc) else exc!r})"
                           ) from None
+    if proto.ir_version == 0 or not proto.HasField("graph"):
+        raise IsdnetError(f"{path} is not an ONNX model (empty or another file type)")
+    return proto

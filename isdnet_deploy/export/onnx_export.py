@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import torch
 
 from .. import __version__
 from ..contract import (
+    DEFAULT_OPSET,
+    EXPORTERS,
     INPUT_KINDS,
     OUTPUT_KINDS,
     PYRAMID_MODES,
@@ -29,14 +32,13 @@ from ..contract import (
     TensorSpec,
     embed_in_onnx,
 )
-from ..errors import IsdnetError
+from ..errors import IsdnetError, missing
 from ..profiles import MIN_SIZE, get_profile, profile_for_classes
 from .graph import DeployGraph
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 17
-EXPORTERS = ("torchscript", "dynamo")
+MIN_OPSET = 11
 # Verifying a dynamic model at a size not divisible by 4 exercises the pyramid's odd-size
 # fallback at both levels and a legacy-nearest size (1002 -> 250) where ONNX Resize and
 # PyTorch round differently.
@@ -125,8 +127,10 @@ def build_contract(model: torch.nn.Module, *, pyramid: str, input_kind: str, out
     )
 
 
-def _check_options(pyramid: str, input_kind: str, output_kind: str, labels_dtype: str,
-                   dynamic: bool, size: tuple[int, int] | None, exporter: str) -> None:
+def check_export_options(pyramid: str, input_kind: str, output_kind: str, labels_dtype: str,
+                         dynamic: bool, size: tuple[int, int] | None, exporter: str,
+                         opset: int, verify_size: tuple[int, int] | None = None) -> None:
+    """Every option problem, found before a model is built (which takes seconds)."""
     for value, allowed, what in ((pyramid, PYRAMID_MODES, "pyramid"),
                                  (input_kind, INPUT_KINDS, "input"),
                                  (output_kind, OUTPUT_KINDS, "output"),
@@ -135,12 +139,27 @@ def _check_options(pyramid: str, input_kind: str, output_kind: str, labels_dtype
         if value not in allowed:
             raise IsdnetError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
     if dynamic and size is not None:
-        raise IsdnetError("--size fixes the input size, --dynamic makes it symbolic: "
+        raise IsdnetError("--size fixes the input size and --dynamic makes it symbolic: "
                           "give one of them")
     if not dynamic and size is None:
         raise IsdnetError("a static export needs --size HxW")
     if size is not None and min(size) < MIN_SIZE:
         raise IsdnetError(f"size {size[0]}x{size[1]} is below the minimum {MIN_SIZE}x{MIN_SIZE}")
+    if not dynamic and verify_size is not None and tuple(verify_size) != tuple(size):
+        raise IsdnetError(f"a static {size[0]}x{size[1]} model only runs at that size; drop "
+                          f"--verify-size or make it equal to --size")
+    if exporter == "dynamo":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxscript") is None:
+            raise missing("onnxscript", why="--exporter dynamo needs it")
+    # Not public API, hence the fallback: then torch itself rejects an unsupported opset.
+    highest = getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", None)
+    if isinstance(highest, int) and opset > highest:
+        raise IsdnetError(f"opset {opset} is newer than this torch {torch.__version__} can "
+                          f"export (at most {highest}); pick a lower --opset")
+    if opset < MIN_OPSET:
+        raise IsdnetError(f"opset {opset} is older than the {MIN_OPSET} this exporter needs")
 
 
 def sample_inputs(contract: Contract, size: tuple[int, int], seed: int = 0
@@ -249,6 +268,20 @@ def _trace_to_onnx(graph: DeployGraph, path: str, contract: Contract, example: t
             program.save(path, external_data=False)
 
 
+def _name_output_dims(proto: Any, contract: Contract) -> None:
+    """Declare output dims as the contract states them (the tracer names them after
+    internal nodes, e.g. 'Resizelogits_dim_0')."""
+    for output, spec in zip(proto.graph.output, contract.outputs, strict=True):
+        dims = output.type.tensor_type.shape.dim
+        if len(dims) != len(spec.shape):
+            continue
+        for dim, value in zip(dims, spec.shape, strict=True):
+            if isinstance(value, int):
+                dim.dim_value = value
+            else:
+                dim.dim_param = value
+
+
 def _finalise_proto(path: str, contract: Contract, simplify: bool) -> None:
     import onnx
 
@@ -257,6 +290,7 @@ def _finalise_proto(path: str, contract: Contract, simplify: bool) -> None:
         import onnxslim
 
         proto = onnxslim.slim(proto)
+    _name_output_dims(proto, contract)
     embed_in_onnx(proto, contract)
     proto.producer_name = "isdnet-deploy"
     proto.producer_version = __version__
@@ -273,9 +307,11 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
                 simplify: bool = False, verify: bool = True,
                 verify_size: tuple[int, int] | None = None, atol: float = 1e-4,
                 rtol: float = DEFAULT_RTOL, profile: str | None = None,
-                fast_pyramid: bool = True) -> ExportReport:
+                fast_pyramid: bool = True,
+                progress: Callable[[str], None] = lambda step: None) -> ExportReport:
     """Export ``model`` to a self-describing ONNX file at ``path``; see the module doc."""
-    _check_options(pyramid, input, output, labels_dtype, dynamic, size, exporter)
+    check_export_options(pyramid, input, output, labels_dtype, dynamic, size, exporter, opset,
+                         verify_size)
     path = check_output_path(path)
     contract = build_contract(model, pyramid=pyramid, input_kind=input, output_kind=output,
                               labels_dtype=labels_dtype, dynamic=dynamic, size=size,
@@ -290,12 +326,19 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
     start = time.perf_counter()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever deploys the file
     try:
+        progress("exporting")
         with torch.no_grad():
             _trace_to_onnx(graph, tmp, contract, example, exporter, opset)
+        if simplify:
+            progress("simplifying")
         _finalise_proto(tmp, contract, simplify)
         parity = None
         if verify:
+            progress("verifying")
             parity = verify_onnx(tmp, model, contract, verify_size or size or
                                  DEFAULT_VERIFY_SIZE, atol=atol, rtol=rtol)
             if not parity.passed:
@@ -329,8 +372,12 @@ def _for_export(model: torch.nn.Module, fast_pyramid: bool) -> torch.nn.Module:
         return model
     import copy
 
+    # A shallow copy shares its _modules dict with the original, so each level gets its
+    # own dict before anything is replaced.
     traced = copy.copy(model)
-    traced.refine_head = copy.copy(model.refine_head)
-    traced.refine_head._modules = dict(model.refine_head._modules)
-    traced.refine_head.lap_pyramid = FastLaplacianPyramid()
+    traced._modules = dict(model._modules)
+    head = copy.copy(model.refine_head)
+    head._modules = dict(model.refine_head._modules)
+    head.lap_pyramid = FastLaplacianPyramid()
+    traced.refine_head = head
     return traced

@@ -17,12 +17,13 @@ from .registry import BACKENDS, backend_for, open_backend
 from .segmenter import Segmenter
 
 
-def load(path: str | Path | None, backend: str = "auto", device: str = "cpu",
+def load(path: str | Path | None, backend: str = "auto", device: str | None = None,
          scale: bool = True, **options: Any) -> Segmenter:
     """Open an artifact (.onnx, TensorRT .engine, or a .pth checkpoint for the torch
     reference; ``None`` gives the reference with random weights) as a ``Segmenter``.
 
-    ``options`` go to the backend (ONNX Runtime: threads, opt_level, tensorrt_ep,
+    ``device`` defaults to CUDA for engines and the CPU otherwise. ``options`` go to the
+    backend (ONNX Runtime: threads, opt_level, tensorrt_ep,
     trt_cache, trt_fp16, contract).
     """
     return Segmenter(open_backend(path, backend, device, **options), scale=scale)

@@ -34,9 +34,13 @@ def backend_for(path: str | Path | None, backend: str = "auto") -> str:
     return SUFFIXES[suffix]
 
 
-def open_backend(path: str | Path | None, backend: str = "auto", device: str = "cpu",
+def open_backend(path: str | Path | None, backend: str = "auto", device: str | None = None,
                  **options: Any) -> Backend:
+    """``device=None`` means the backend's natural device: CUDA for TensorRT engines, the
+    CPU for everything else."""
     name = backend_for(path, backend)
+    if device is None:
+        device = "cuda" if name == "tensorrt" else "cpu"
     if path is not None and not Path(path).exists():
         raise IsdnetError(f"file not found: {path}")
     module, factory = BACKENDS[name]

@@ -1,0 +1,305 @@
+"""``isdnet-deploy export`` and ``isdnet-deploy inspect``: checkpoint to verified ONNX, and
+what an ONNX file promises.
+
+torch is imported inside ``export`` only, so ``inspect`` and ``--help`` start quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..contract import (
+    DEFAULT_OPSET,
+    EXPORTERS,
+    INPUT_KINDS,
+    METADATA_KEY,
+    OUTPUT_KINDS,
+    PYRAMID_MODES,
+    Contract,
+)
+from ..profiles import DEFAULT_PROFILE, get_profile, parse_size
+
+
+@contextlib.contextmanager
+def _step(message: str) -> Iterator[None]:
+    """A transient status line on an interactive stderr, erased afterwards so that an error
+    (or the report) is all that stays; nothing at all when stderr is a pipe or a file."""
+    shown = sys.stderr.isatty()
+    if shown:
+        click.echo(f"{message}…", err=True, nl=False)
+    try:
+        yield
+    finally:
+        if shown:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
+def _fast_pyramid_available() -> bool:
+    return importlib.util.find_spec("isdnet_deploy.export.fast_pyramid") is not None
+
+
+@click.command("export")
+@click.argument("checkpoint", required=False)
+@click.option("-o", "--out", "out", required=True, metavar="FILE.onnx",
+              help="Where to write the ONNX file (its directory must exist).")
+@click.option("--pyramid", type=click.Choice(PYRAMID_MODES), default="graph", show_default=True,
+              help="Laplacian pyramid inside the graph, or computed by the caller and fed as "
+                   "a second input 'residual'.")
+@click.option("--input", "input_kind", type=click.Choice(INPUT_KINDS), default="float",
+              show_default=True,
+              help="float: normalised 1x3xHxW; uint8: RGB bytes 1xHxWx3, normalised in-graph.")
+@click.option("--output", "output_kind", type=click.Choice(OUTPUT_KINDS), default="logits",
+              show_default=True, help="logits 1xCxHxW, or the argmax class map HxW.")
+@click.option("--labels-dtype", type=click.Choice(["uint8", "int32"]), default="uint8",
+              show_default=True, help="dtype of the labels output.")
+@click.option("--dynamic", is_flag=True,
+              help="Symbolic height and width (the default when no --size is given).")
+@click.option("--size", "size_text", default=None, metavar="HxW",
+              help="Fix the input size (static model); excludes --dynamic.")
+@click.option("--opset", type=click.IntRange(min=11), default=None,
+              help=f"ONNX opset.  [default: {DEFAULT_OPSET}]")
+@click.option("--exporter", type=click.Choice(EXPORTERS), default="torchscript",
+              show_default=True, help="torch.onnx exporter.")
+@click.option("--simplify", is_flag=True,
+              help="Simplify with onnxslim (parity is checked on the simplified file).")
+@click.option("--profile", "profile_name", default=None,
+              help="deepglobe, inria or cityscapes; default: inferred from the class count "
+                   "(deepglobe for random weights).")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the ONNX Runtime vs PyTorch parity check (not recommended).")
+@click.option("--verify-size", "verify_size_text", default=None, metavar="HxW",
+              help="Size of the parity check.  [default: --size, else 1002x762]")
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              help="Absolute logit tolerance.  [default: 1e-4]")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None,
+              help="Tolerance relative to the largest reference logit.  [default: 1e-5]")
+@click.option("--fast-pyramid/--no-fast-pyramid", default=True, show_default=True,
+              help="Trace the cheaper, equal pyramid, or the official form.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: str,
+                   output_kind: str, labels_dtype: str, dynamic: bool, size_text: str | None,
+                   opset: int | None, exporter: str, simplify: bool, profile_name: str | None,
+                   no_verify: bool, verify_size_text: str | None, atol: float | None,
+                   rtol: float | None, fast_pyramid: bool, as_json: bool) -> None:
+    """Export CHECKPOINT (official ISDNet .pth) to ONNX and check it against PyTorch.
+
+    Without CHECKPOINT the model has random weights (warned): fine for timing, useless for
+    predictions. The file only appears once ONNX Runtime agrees with the PyTorch reference;
+    otherwise the command exits 1 and writes nothing.
+
+    Example: isdnet-deploy export isdnet_deepglobe.pth -o isdnet.onnx --input uint8
+    """
+    from ..export.onnx_export import check_export_options, check_output_path
+
+    # Every cheap check comes before the model is loaded or built (that takes seconds).
+    size = parse_size(size_text) if size_text is not None else None
+    verify_size = parse_size(verify_size_text) if verify_size_text is not None else None
+    check_export_options(pyramid, input_kind, output_kind, labels_dtype, dynamic or size is None,
+                         size, exporter, opset or DEFAULT_OPSET,
+                         None if no_verify else verify_size)
+    profile = get_profile(profile_name) if profile_name else None
+    out_path = check_output_path(out)
+
+    started = time.perf_counter()
+    if checkpoint:
+        from ..model.checkpoint import load_model
+
+        with _step(f"loading {checkpoint}"):
+            model = load_model(checkpoint)
+        source = f"checkpoint {checkpoint}"
+    else:
+        from ..model.checkpoint import build_model
+
+        click.secho("WARNING: no CHECKPOINT given: exporting RANDOM weights; predictions are "
+                    "meaningless, timings are real.", fg="yellow", bold=True, err=True)
+        with _step("building a random-weight model"):
+            model = build_model((profile or get_profile(DEFAULT_PROFILE)).num_classes)
+        source = "random weights"
+    load_seconds = time.perf_counter() - started
+
+    from ..export.onnx_export import export_onnx
+
+    options: dict[str, Any] = {k: v for k, v in (("opset", opset), ("atol", atol),
+                                                 ("rtol", rtol)) if v is not None}
+    message = "exporting" if no_verify else "exporting and verifying in ONNX Runtime"
+    with _step(message):
+        report = export_onnx(model, out_path, pyramid=pyramid, input=input_kind,
+                             output=output_kind, labels_dtype=labels_dtype,
+                             dynamic=size is None, size=size, exporter=exporter,
+                             simplify=simplify, verify=not no_verify, verify_size=verify_size,
+                             profile=profile.name if profile else None,
+                             fast_pyramid=fast_pyramid, **options)
+    fast_used = fast_pyramid and pyramid == "graph" and _fast_pyramid_available()
+
+    if as_json:
+        data = report.as_dict()
+        data.update(source=source, load_seconds=load_seconds, fast_pyramid=fast_used)
+        click.echo(json.dumps(data, indent=2))
+        return
+    for line in _export_lines(report, source, load_seconds, fast_used):
+        click.echo(line)
+
+
+def _export_lines(report: Any, source: str, load_seconds: float, fast_used: bool) -> list[str]:
+    c: Contract = report.contract
+    size = "dynamic HxW" if c.dynamic else "static " + "x".join(map(str, c.fixed_size or []))
+    if c.pyramid == "graph":
+        form = "fast" if fast_used else "official"
+        pyramid = f"pyramid in graph ({form} form)"
+    else:
+        pyramid = "pyramid external (input 'residual')"
+    output = c.output_kind if c.output_kind == "logits" else f"labels {c.outputs[0].dtype}"
+    lines = [
+        f"wrote {report.path} ({report.file_bytes / 1e6:.1f} MB) from {source} "
+        f"(loaded in {load_seconds:.1f} s)",
+        f"  variant: {pyramid}, input {c.input_kind}, output {output}, {size}, "
+        f"opset {c.opset}, {c.exporter}{', simplified' if report.simplified else ''}",
+        f"  export{'' if report.parity is None else ' + verification'}: "
+        f"{report.seconds:.1f} s",
+    ]
+    p = report.parity
+    if p is None:
+        lines.append("  parity: NOT verified (--no-verify)")
+        return lines
+    h, w = p.size
+    if p.max_abs_diff is None:
+        lines.append(f"  parity at {h}x{w}: labels output, judged on argmax agreement "
+                     f"(tolerance {p.tolerance:.2e} sets the decided margin)")
+    else:
+        lines.append(f"  parity at {h}x{w}: max |logit diff| {p.max_abs_diff:.2e}, mean "
+                     f"{p.mean_abs_diff:.2e}, tolerance {p.tolerance:.2e} (atol {p.atol:g} + "
+                     f"rtol {p.rtol:g} x max|ref|)")
+    lines.append(f"  argmax agreement {p.argmax_agreement:.4%} of pixels, "
+                 f"{p.decided_agreement:.4%} of decided pixels: "
+                 f"{'PASSED' if p.passed else 'FAILED'}")
+    lines.append(f"  one run at {h}x{w}: ONNX Runtime CPU {p.ort_seconds * 1000:.0f} ms, "
+                 f"PyTorch {p.torch_seconds * 1000:.0f} ms (single cold runs, not a benchmark)")
+    return lines
+
+
+def _value_info(value: Any) -> dict[str, Any]:
+    """Name, dtype and shape (ints, symbolic names, or '?') of a graph input or output."""
+    import onnx
+
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return {"name": value.name, "dtype": kind or "unknown", "shape": None}
+    elem = value.type.tensor_type.elem_type
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem).name
+    except (KeyError, TypeError, ValueError):
+        dtype = onnx.TensorProto.DataType.Name(elem).lower()
+    shape = None
+    if value.type.tensor_type.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in value.type.tensor_type.shape.dim]
+    return {"name": value.name, "dtype": dtype, "shape": shape}
+
+
+def _graph_io(proto: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    # Models with IR < 4 also list their weights as inputs; those are not inputs to feed.
+    weights = {t.name for t in proto.graph.initializer}
+    inputs = [_value_info(v) for v in proto.graph.input if v.name not in weights]
+    return inputs, [_value_info(v) for v in proto.graph.output]
+
+
+def _mismatches(contract: Contract, inputs: list[dict[str, Any]],
+                outputs: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    for role, specs, actual in (("input", contract.inputs, inputs),
+                                ("output", contract.outputs, outputs)):
+        graph = {v["name"]: v for v in actual}
+        for spec in specs:
+            value = graph.get(spec.name)
+            if value is None:
+                problems.append(f"contract {role} {spec.name!r} is not in the graph")
+                continue
+            if value["dtype"] != spec.dtype:
+                problems.append(f"{role} {spec.name!r} is {value['dtype']} in the graph but "
+                                f"{spec.dtype} in the contract")
+            # A symbolic graph dimension is only less specific; two different numbers clash.
+            shape = value["shape"] or []
+            if len(shape) == len(spec.shape) and any(
+                    isinstance(g, int) and isinstance(c, int) and g and g != c
+                    for g, c in zip(shape, spec.shape, strict=True)):
+                problems.append(f"{role} {spec.name!r} has shape {shape} in the graph but "
+                                f"{spec.shape} in the contract")
+    return problems
+
+
+@click.command("inspect")
+@click.argument("model_path", metavar="MODEL.onnx")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON on stdout.")
+def inspect_command(model_path: str, as_json: bool) -> None:
+    """Show an ONNX file's isdnet-deploy contract and its graph's actual inputs/outputs.
+
+    Exit status: 0 for a file exported by isdnet-deploy; 1 when the file cannot be read as
+    ONNX, or when it is an ONNX model without an isdnet-deploy contract (its inputs and
+    outputs are still shown, and the reason goes to stderr).
+
+    Example: isdnet-deploy inspect isdnet.onnx
+    """
+    from ..contract import load_onnx_proto, read_onnx_contract
+
+    proto = load_onnx_proto(model_path)
+    contract = read_onnx_contract(proto)
+    inputs, outputs = _graph_io(proto)
+    external = sorted({e.value for t in proto.graph.initializer for e in t.external_data
+                       if e.key == "location"})
+    info = {
+        "path": model_path,
+        "file_bytes": Path(model_path).stat().st_size,
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "ir_version": proto.ir_version,
+        "opsets": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+        "nodes": len(proto.graph.node),
+        "external_data": external,
+        "contract": None if contract is None else json.loads(contract.to_json()),
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+    problems = _mismatches(contract, inputs, outputs) if contract is not None else []
+
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        _print_inspection(info, contract)
+    for problem in problems:
+        click.secho(f"warning: {problem}; the file may have been edited after export",
+                    fg="yellow", err=True)
+    if contract is None:
+        click.echo(f"error: {model_path} has no isdnet-deploy contract (metadata key "
+                   f"{METADATA_KEY!r}): it was not exported by isdnet-deploy; export the "
+                   f"checkpoint with 'isdnet-deploy export'", err=True)
+        sys.exit(1)
+
+
+def _print_inspection(info: dict[str, Any], contract: Contract | None) -> None:
+    opsets = ", ".join(f"{d} {v}" for d, v in info["opsets"].items())
+    weights = f"external ({', '.join(info['external_data'])})" if info["external_data"] \
+        else "embedded"
+    click.echo(f"{info['path']}: {info['file_bytes'] / 1e6:.1f} MB, producer "
+               f"{info['producer'] or 'unknown'}, IR {info['ir_version']}, opset {opsets}, "
+               f"{info['nodes']} nodes, weights {weights}")
+    if contract is not None:
+        click.echo(f"contract (metadata key {METADATA_KEY!r}):")
+        rows = contract.summary()
+        width = max(len(key) for key, _ in rows)
+        for key, value in rows:
+            click.echo(f"  {key:<{width}}  {value}")
+    for title, values in (("graph inputs", info["inputs"]), ("graph outputs", info["outputs"])):
+        click.echo(f"{title}:")
+        width = max((len(v["name"]) for v in values), default=0)
+        for v in values:
+            shape = "unknown shape" if v["shape"] is None else \
+                "[" + ", ".join(str(d) for d in v["shape"]) + "]"
+            click.echo(f"  {v['name']:<{width}}  {v['dtype']:<8} {shape}")

@@ -1,0 +1,246 @@
+"""``isdnet-deploy export`` / ``inspect``: each bad input gives one line and writes nothing;
+the happy paths print a report and a contract that match the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner, Result
+from onnx import TensorProto, helper
+
+from isdnet_deploy.cli import main
+from isdnet_deploy.cli.export import export_command, inspect_command
+from isdnet_deploy.contract import read_onnx_contract
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _registered() -> None:
+    # Until isdnet_deploy.cli registers the commands itself.
+    for command in (export_command, inspect_command):
+        if command.name not in main.commands:
+            main.add_command(command)
+
+
+def run(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> str:
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # handled, no crash
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def exported(official_checkpoint, tmp_path_factory) -> tuple[Path, dict]:
+    """One export through the CLI with --json, shared by the inspect tests."""
+    path = tmp_path_factory.mktemp("cli") / "isdnet.onnx"
+    result = run("export", official_checkpoint, "-o", path, "--pyramid", "external",
+                 "--input", "uint8", "--verify-size", "98x130", "--json")
+    assert result.exit_code == 0, result.output
+    return path, json.loads(result.stdout)
+
+
+def test_export_json_report(exported):
+    path, report = exported
+    assert path.is_file() and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    assert report["path"] == str(path) and report["file_bytes"] == path.stat().st_size
+    assert report["parity"]["passed"] is True and report["parity"]["size"] == [98, 130]
+    assert report["parity"]["max_abs_diff"] <= report["parity"]["tolerance"]
+    assert report["contract"]["pyramid"] == "external"
+    assert report["contract"]["input_kind"] == "uint8"
+    assert report["source"].startswith("checkpoint ")
+    assert report["seconds"] > 0
+
+
+def test_inspect_json_shows_contract_and_graph(exported):
+    path, report = exported
+    result = run("inspect", path, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["contract"] == report["contract"]
+    assert read_onnx_contract(onnx.load(path, load_external_data=False)).to_json() == \
+        json.dumps(info["contract"])
+    assert [(v["name"], v["dtype"]) for v in info["inputs"]] == [("image", "uint8"),
+                                                                  ("residual", "float32")]
+    assert info["inputs"][0]["shape"] == [1, "height", "width", 3]
+    assert info["outputs"][0]["name"] == "logits"
+    assert info["external_data"] == [] and info["nodes"] > 100
+    assert result.stderr == ""
+
+
+def test_inspect_human_readable(exported):
+    path, _ = exported
+    result = run("inspect", path)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for fragment in ("contract (metadata key 'isdnet_deploy')", "pyramid", "external",
+                     "input kind", "uint8", "deepglobe", "graph inputs:", "residual",
+                     "[1, height, width, 3]", "graph outputs:", "weights embedded"):
+        assert fragment in out
+
+
+def test_export_human_report_static(official_checkpoint, tmp_path):
+    path = tmp_path / "static.onnx"
+    result = run("export", official_checkpoint, "-o", path, "--size", "130x98",
+                 "--output", "labels")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"wrote {path} (" in out and " MB)" in out
+    assert "static 130x98" in out and "output labels uint8" in out
+    assert "parity at 130x98" in out and "PASSED" in out and "ONNX Runtime CPU" in out
+    assert read_onnx_contract(onnx.load(path, load_external_data=False)).fixed_size == [130, 98]
+
+
+def test_export_without_checkpoint_warns(monkeypatch, official_checkpoint, tmp_path):
+    from isdnet_deploy.model.checkpoint import load_model
+
+    asked = []
+
+    def fake_build_model(num_classes: int = 7, seed: int = 0):
+        asked.append(num_classes)
+        return load_model(official_checkpoint)  # as good as random and much quicker
+
+    monkeypatch.setattr("isdnet_deploy.model.checkpoint.build_model", fake_build_model)
+    path = tmp_path / "random.onnx"
+    result = run("export", "-o", path, "--pyramid", "external", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert asked == [7]
+    assert "WARNING" in result.stderr and "RANDOM weights" in result.stderr
+    assert "NOT verified" in result.stdout and path.is_file()
+
+
+def test_failed_verification_one_line_no_file(official_checkpoint, tmp_path):
+    result = run("export", official_checkpoint, "-o", tmp_path / "m.onnx", "--pyramid",
+                 "external", "--verify-size", "98x130", "--atol", "0", "--rtol", "0")
+    assert_one_line_error(result, "disagrees with the PyTorch reference", "nothing written")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_in_missing_directory(tmp_path):
+    result = run("export", "-o", tmp_path / "missing" / "m.onnx")
+    assert_one_line_error(result, "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_parent_is_a_file(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    result = run("export", "-o", blocker / "m.onnx")
+    assert_one_line_error(result, str(blocker))
+    assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "not a folder"
+
+
+def test_output_directory_not_writable(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: directory permissions are not enforced "
+                        "(test_output_parent_is_a_file covers an unusable directory)")
+        result = run("export", "-o", locked / "m.onnx")
+        assert_one_line_error(result, "not writable")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_output_without_onnx_suffix(tmp_path):
+    result = run("export", "-o", tmp_path / "model.pth")
+    assert_one_line_error(result, "should end with .onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--profile", "ade20k"], "unknown profile 'ade20k'"),
+    (["--size", "130x98", "--dynamic"], "give one of them"),
+    (["--size", "12x"], "is not HxW"),
+    (["--size", "16x16"], "both sides >= 32"),
+    (["--size", "130x98", "--verify-size", "98x130"], "only runs at that size"),
+    (["--opset", "99"], "pick a lower --opset"),
+])
+def test_bad_options(tmp_path, args, fragment):
+    result = run("export", "-o", tmp_path / "m.onnx", *args)
+    assert_one_line_error(result, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_missing(tmp_path):
+    result = run("export", tmp_path / "absent.pth", "-o", tmp_path / "m.onnx")
+    assert_one_line_error(result, "checkpoint not found")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_not_a_torch_file(tmp_path):
+    notes = tmp_path / "notes.pth"
+    notes.write_text("these are not weights\n")
+    result = run("export", notes, "-o", tmp_path / "m.onnx")
+    assert_one_line_error(result, "is not a PyTorch checkpoint")
+    assert list(tmp_path.iterdir()) == [notes]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"name,value\n1,2\n", "is not a readable ONNX model"),
+    (b"", "is not an ONNX model"),
+])
+def test_inspect_non_onnx_file(tmp_path, content, fragment):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    assert_one_line_error(run("inspect", path), fragment)
+
+
+def test_inspect_missing_file(tmp_path):
+    assert_one_line_error(run("inspect", tmp_path / "nothing.onnx"), "file not found")
+
+
+@pytest.fixture
+def foreign_model(tmp_path) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other", [x], [y])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    path = tmp_path / "other.onnx"
+    onnx.save(proto, path)
+    return path
+
+
+def test_inspect_foreign_onnx(foreign_model):
+    result = run("inspect", foreign_model)
+    assert_one_line_error(result, "has no isdnet-deploy contract", "'isdnet_deploy'")
+    assert "graph inputs:" in result.stdout and "graph outputs:" in result.stdout
+    assert "x  float32  [N, 3]" in result.stdout and "y  float32  [N, 3]" in result.stdout
+    assert "contract (" not in result.stdout
+
+
+def test_inspect_foreign_onnx_json(foreign_model):
+    result = run("inspect", foreign_model, "--json")
+    assert_one_line_error(result, "has no isdnet-deploy contract")
+    info = json.loads(result.stdout)
+    assert info["contract"] is None
+    assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["N", 3]}]
+
+
+def test_real_process_one_line(tmp_path):
+    """Outside CliRunner: the installed entry point, its logging and its exit status."""
+    path = tmp_path / "model.onnx"
+    path.write_text("not onnx")
+    proc = subprocess.run([sys.executable, "-m", "isdnet_deploy", "inspect", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    if "No such command" in proc.stderr:
+        pytest.skip("inspect is not registered in isdnet_deploy.cli yet")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "is not a readable ONNX model" in proc.stderr and proc.stdout == ""
