@@ -21,8 +21,10 @@ def legacy_nearest_index(in_size: int, out_size: int) -> np.ndarray:
 
 
 def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    # PyTorch's vectorised CPU kernels form (i + 0.5) * scale - 0.5 with a single rounding
+    # to float32 (a fused multiply-add); float64 arithmetic rounded once reproduces that.
+    scale = np.float64(np.float32(in_size) / np.float32(out_size))
+    src = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     src = np.maximum(src, np.float32(0.0))
     first = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     second = np.minimum(first + 1, in_size - 1)
