@@ -43,11 +43,16 @@ def _show(message: Warning | str, category: type[Warning], *args: object,
               help="Output ONNX [default: MODEL with .fp16.onnx / .int8.onnx].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the verification report as JSON.")
+@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt",
+              show_default=True,
+              help="int8 only: tensorrt = symmetric s8 activations (explicit quantization); "
+                   "cpu = u8 activations that ONNX Runtime's x86 kernels fuse.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def quantize_command(model: str, precision: str, calib: str | None, max_calib: int,
                      num_synthetic: int, size: str | None, keep_fp32: str | None,
                      num_verify: int, min_agreement: float | None, seed: int,
-                     output: str | None, report_path: str | None, no_progress: bool) -> None:
+                     output: str | None, report_path: str | None, target: str,
+                     no_progress: bool) -> None:
     """Convert an exported FP32 ONNX model to FP16 or INT8 for TensorRT 10 and 11.
 
     Example: isdnet-deploy quantize model.onnx --precision int8 --calib images/ -o model.int8.onnx
@@ -70,7 +75,7 @@ def quantize_command(model: str, precision: str, calib: str | None, max_calib: i
             report = prec.convert_fp16(src, dst, keep, verify_images=calib, **common)
         else:
             report = prec.quantize_int8(src, dst, calib, num_synthetic=num_synthetic,
-                                        max_images=max_calib, **common)
+                                        max_images=max_calib, target=target, **common)
     for key, value in report.rows():
         click.echo(f"{key:>18}: {value}")
     if report_path:

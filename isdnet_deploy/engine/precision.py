@@ -640,18 +640,27 @@ class _CalibrationReader:
         return self.source.count
 
 
+INT8_TARGETS = ("tensorrt", "cpu")
+
+
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike,
                   calib_images: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
                   *, num_synthetic: int = 16, max_images: int = 32,
                   size: tuple[int, int] | None = None, num_verify: int = 4,
                   min_agreement: float | None = None, seed: int = 0,
                   op_types: Sequence[str] = INT8_OP_TYPES, exclude_head: bool = True,
-                  progress: bool = True) -> PrecisionReport:
-    """Static INT8 in the Q/DQ form TensorRT's explicit quantization accepts.
+                  target: str = "tensorrt", progress: bool = True) -> PrecisionReport:
+    """Static INT8 as Q/DQ nodes, in the form the target runs fast.
 
-    Symmetric INT8 activations and per-channel symmetric INT8 weights (zero points 0), biases
-    left in float (TensorRT takes no INT32 DequantizeLinear).
+    ``tensorrt``: symmetric INT8 activations and per-channel symmetric INT8 weights (zero
+    points 0), biases left in float (TensorRT's explicit quantization takes no INT32
+    DequantizeLinear). ``cpu``: asymmetric UINT8 activations with INT8 weights and INT32
+    biases, the pairing ONNX Runtime's x86 kernels (VNNI u8 x s8 dot products) fuse into
+    QLinearConv; symmetric s8 activations stay unfused there and run slower than FP32.
     """
+    if target not in INT8_TARGETS:
+        raise IsdnetError(f"unknown INT8 target {target!r}; choose one of: "
+                          f"{', '.join(INT8_TARGETS)}")
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -691,10 +700,12 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike,
                 os.fspath(prepared), os.fspath(quantized), reader,
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
                 per_channel=True, reduce_range=False,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                activation_type=QuantType.QInt8 if target == "tensorrt" else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                               "QuantizeBias": False})
+                extra_options={"ActivationSymmetric": target == "tensorrt",
+                               "WeightSymmetric": True,
+                               "QuantizeBias": target != "tensorrt"})
         except IsdnetError:
             raise
         except Exception as exc:
