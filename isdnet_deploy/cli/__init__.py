@@ -35,6 +35,7 @@ def main(verbose: bool) -> None:
 
 
 def _register() -> None:
+    from .benchmark import benchmark_command, compare_command
     from .build import build_command
     from .demo import demo_command
     from .export import export_command, inspect_command
@@ -43,7 +44,8 @@ def _register() -> None:
     from .samples import samples_command
 
     for command in (demo_command, export_command, inspect_command, quantize_command,
-                    build_command, infer_command, evaluate_command, samples_command):
+                    build_command, benchmark_command, compare_command, infer_command,
+                    evaluate_command, samples_command):
         main.add_command(command)
 
 

@@ -1,4 +1,9 @@
-"""``isdnet-deploy demo``: the README's main job, on a machine with nothing but the install."""
+"""``isdnet-deploy demo``: the README's main job, on a machine with nothing but the install.
+
+Reference model -> verified ONNX export -> ONNX Runtime against PyTorch with the paper's
+FPS protocol, all on the CPU. The default size and counts are reduced so the whole run
+takes a couple of minutes on a small machine; ``--paper`` runs the protocol as published.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,13 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
+from ..benchmark.protocol import PAPER_ITERS, PAPER_WARMUP
 from ..profiles import get_profile, parse_size
+
+DEMO_SIZE = "1024x1024"
+DEMO_WARMUP = 5
+DEMO_ITERS = 20
 
 
 @click.command("demo")
@@ -16,41 +25,91 @@ from ..profiles import get_profile, parse_size
               help="Official ISDNet .pth; without it, random weights (loudly warned).")
 @click.option("--profile", default="deepglobe", show_default=True,
               help="deepglobe, inria or cityscapes.")
-@click.option("--size", default="1024x1024", show_default=True,
-              help="HxW of the generated test image.")
+@click.option("--size", default=None,
+              help=f"HxW of the benchmark input [default: {DEMO_SIZE}; with --paper the "
+                   "profile's test size].")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default="runs/demo",
-              show_default=True, help="Folder for the results.")
-def demo_command(checkpoint: str | None, profile: str, size: str, output: str) -> None:
-    """Build the reference model, segment a generated image and time it.
+              show_default=True, help="Folder for the ONNX file and the results.")
+@click.option("--paper", is_flag=True,
+              help="The full protocol at the paper's size: 20 warm-up + 100 timed forwards "
+                   "at the profile's test size (DeepGlobe 1958x1958); takes much longer.")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, hidden=True)
+@click.option("--iters", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--peak/--no-peak", default=True, hidden=True)
+def demo_command(checkpoint: str | None, profile: str, size: str | None, output: str,
+                 paper: bool, warmup: int | None, iters: int | None, peak: bool) -> None:
+    """Export the reference model to ONNX (verified) and time ONNX Runtime against
+    PyTorch on the CPU, writing the ONNX file, benchmark.json and fps.png.
 
-    Example: isdnet-deploy demo --size 512x512
+    Example: isdnet-deploy demo            (about a minute on 2 idle CPU cores)
     """
-    import torch
+    from .. import runtime
+    from ..benchmark import report
+    from ..benchmark.machine import machine_info
+    from ..benchmark.methods import (
+        count_model_flops,
+        measure_peak_gflops,
+        segmenter_method,
+        torch_method,
+    )
+    from ..benchmark.protocol import run_protocol
+    from ..export.onnx_export import export_onnx
+    from .benchmark import reference_backend
 
-    from ..model.checkpoint import build_model, load_model, smooth_random_images
-
+    started = time.perf_counter()
     prof = get_profile(profile)
-    h, w = parse_size(size)
-    if checkpoint:
-        model = load_model(checkpoint)
-    else:
-        click.secho("WARNING: no --checkpoint given: using RANDOM weights; predictions are "
-                    "meaningless, timings are real.", fg="yellow", err=True)
-        model = build_model(prof.num_classes)
-    generator = torch.Generator().manual_seed(0)
-    image = torch.nn.functional.interpolate(smooth_random_images(1, max(h, w), generator),
-                                            size=(h, w), mode="bilinear")
-    with torch.no_grad():
-        model(image)  # warm-up
-        start = time.perf_counter()
-        logits = model(image)
-        elapsed = time.perf_counter() - start
-    labels = logits.argmax(1)[0].numpy().astype(np.uint8)
-    counts = np.bincount(labels.ravel(), minlength=model.num_classes)
-    click.echo(f"reference ISDNet ({model.num_classes} classes) on a {h}x{w} image: "
-               f"{elapsed * 1000:.0f} ms per forward ({1 / elapsed:.2f} FPS), "
-               f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    names = prof.classes if len(prof.classes) == model.num_classes else range(len(counts))
-    click.echo("class shares: " + ", ".join(
-        f"{n} {c / labels.size:.1%}" for n, c in zip(names, counts, strict=False)))
-    Path(output).mkdir(parents=True, exist_ok=True)
+    hw = parse_size(size) if size else (prof.test_size if paper else parse_size(DEMO_SIZE))
+    warmup = warmup if warmup is not None else (PAPER_WARMUP if paper else DEMO_WARMUP)
+    iters = iters if iters is not None else (PAPER_ITERS if paper else DEMO_ITERS)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    reference = reference_backend(checkpoint, prof, "cpu", None)
+    model = reference.model
+    source = Path(checkpoint).name if checkpoint else "random weights"
+    click.echo(f"[1/3] reference ISDNet ({model.num_classes} classes, {prof.name}) from "
+               f"{source}")
+
+    onnx_path = out / f"isdnet_{prof.name}.onnx"
+    export = export_onnx(model, onnx_path, profile=prof.name)
+    parity = export.parity
+    click.echo(f"[2/3] exported {onnx_path} ({export.file_bytes / 2**20:.1f} MiB, pyramid in "
+               f"the graph, dynamic size) in {export.seconds:.1f} s; verified against "
+               f"PyTorch at {parity.size[0]}x{parity.size[1]}: max |logit diff| "
+               f"{parity.max_abs_diff:.1e}, argmax agreement {parity.argmax_agreement:.4%}")
+
+    counts = "paper protocol" if (warmup, iters) == (PAPER_WARMUP, PAPER_ITERS) else \
+        "reduced from the paper's 20 + 100; --paper for the full protocol at 1958x1958"
+    click.echo(f"[3/3] benchmark at {hw[0]}x{hw[1]}: {warmup} warm-up + {iters} timed "
+               f"forwards per method ({counts})")
+    flops = count_model_flops(model, hw)
+    segmenter = runtime.load(onnx_path, scale=False)
+    methods = [torch_method(model, hw, flops=flops),
+               segmenter_method(segmenter, hw, name="onnxruntime fp32", flops=flops)]
+    peak_gflops = measure_peak_gflops("cpu") if peak else None
+    results = run_protocol(methods, warmup, iters, peak_gflops=peak_gflops)
+    machine = machine_info()
+    if peak_gflops:
+        machine["matmul_gflops"] = peak_gflops
+    settings = {"size": list(hw), "profile": prof.name, "warmup": warmup, "iters": iters,
+                "device": "cpu", "reference": checkpoint or "random weights",
+                "artifacts": [str(onnx_path)], "flops_per_forward": flops,
+                "export": export.as_dict()}
+    report.write_json(out / "benchmark.json", report.to_json(results, None, machine, settings))
+    report.plot_fps(results, out / "fps.png",
+                    title=f"ISDNet {hw[0]}x{hw[1]}, CPU ({warmup} + {iters} forwards)")
+    segmenter.close()
+
+    click.echo("")
+    click.echo(report.format_table(results, machine))
+    torch_result, ort_result = results
+    click.echo("")
+    click.echo(f"ONNX Runtime: {ort_result.fps:.2f} FPS ({ort_result.median_ms:.0f} ms median) vs "
+               f"PyTorch eager {torch_result.fps:.2f} FPS ({torch_result.median_ms:.0f} ms): "
+               f"{ort_result.speedup:.2f}x at {hw[0]}x{hw[1]}")
+    if ort_result.rewarm is not None and not ort_result.rewarm.came_back:
+        click.echo("note: PyTorch's FPS did not come back to its first value before ONNX "
+                   "Runtime was timed (busy machine?); run again or use 'isdnet-deploy "
+                   "benchmark --interleave'")
+    click.echo(f"results: {out / 'benchmark.json'}, {out / 'fps.png'}, {onnx_path} "
+               f"(total {time.perf_counter() - started:.0f} s)")

@@ -1,0 +1,316 @@
+"""The README's results table: PyTorch eager vs ONNX Runtime (FP32, and INT8 where the
+quantizer is available) with the paper's FPS protocol, measured side by side in one run.
+
+    python benchmarks/run_benchmarks.py                      # paper counts (20 + 100), slow
+    python benchmarks/run_benchmarks.py --warmup 3 --iters 10 --rounds 3
+
+Per size: Algorithm 1 for every method (the reference re-warmed before each), then an
+interleaved run (A B C A B C ...) whose median per-round ratio is the speed-up to trust on
+a shared machine. Also: prefetch Pipeline vs sequential throughput for an external-pyramid
+artifact (JPEG decode + OpenCV pyramid overlapped with inference).
+Writes results.md, results.json and results.png into --output.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from isdnet_deploy.benchmark import report
+from isdnet_deploy.benchmark.machine import machine_info
+from isdnet_deploy.benchmark.methods import (
+    count_model_flops,
+    measure_peak_gflops,
+    photo_like,
+    segmenter_method,
+    torch_method,
+)
+from isdnet_deploy.benchmark.protocol import (
+    PAPER_ITERS,
+    PAPER_WARMUP,
+    MethodResult,
+    run_interleaved,
+    run_protocol,
+)
+from isdnet_deploy.data.images import atomic_write_bytes
+from isdnet_deploy.profiles import get_profile, parse_size
+
+log = logging.getLogger("run_benchmarks")
+
+
+def _quantizer() -> Any:
+    try:
+        from isdnet_deploy.engine.precision import quantize_int8
+    except ImportError:
+        return None
+    return quantize_int8
+
+
+def _model(checkpoint: str | None, num_classes: int) -> Any:
+    from isdnet_deploy.model.checkpoint import build_model, load_model
+
+    if checkpoint:
+        return load_model(checkpoint)
+    click.secho("WARNING: no --checkpoint: RANDOM weights (speed does not depend on them; "
+                "accuracy columns would be meaningless, so there are none)", fg="yellow",
+                err=True)
+    return build_model(num_classes)
+
+
+def _artifacts(model: Any, out: Path, profile: str, int8: bool, calib: int,
+               pipeline: bool) -> tuple[dict[str, Path], dict[str, Any] | None]:
+    """The ONNX files to time, and the INT8 quantizer's own accuracy check (or None)."""
+    import warnings
+
+    from isdnet_deploy.export.onnx_export import export_onnx
+
+    paths = {"fp32": out / "isdnet_fp32.onnx"}
+    int8_check = None
+    export_onnx(model, paths["fp32"], profile=profile)
+    click.echo(f"exported {paths['fp32']}", err=True)
+    if int8:
+        quantize = _quantizer()
+        if quantize is None:
+            click.echo("INT8 skipped: isdnet_deploy.engine.precision.quantize_int8 is not "
+                       "available", err=True)
+        else:
+            paths["int8"] = out / "isdnet_int8.onnx"
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # its verdict goes into the table instead
+                checked = quantize(paths["fp32"], paths["int8"], num_synthetic=calib,
+                                   progress=False)
+            int8_check = {"agreement_vs_fp32": checked.agreement,
+                          "miou_vs_fp32": checked.miou_vs_fp32,
+                          "verify_size": list(checked.size), "calibration": "synthetic"}
+            click.echo(f"quantized {paths['int8']} in {time.perf_counter() - start:.0f} s; "
+                       f"agrees with FP32 on {checked.agreement:.2%} of pixels", err=True)
+    if pipeline:
+        paths["external"] = out / "isdnet_fp32_external_pyramid.onnx"
+        export_onnx(model, paths["external"], pyramid="external", profile=profile)
+    return paths, int8_check
+
+
+def _pipeline_throughput(path: Path, size: tuple[int, int], frames: int,
+                         threads: int | None) -> dict[str, Any]:
+    """Frames/s of decoding JPEGs + pyramid + inference, sequential vs overlapped."""
+    import cv2
+
+    from isdnet_deploy import runtime
+    from isdnet_deploy.data.images import read_image
+
+    options = {"threads": threads} if threads else {}
+    segmenter = runtime.load(path, scale=False, **options)
+    pipe = runtime.Pipeline(segmenter, loader=read_image)
+    with tempfile.TemporaryDirectory(prefix="isdnet-pipeline-") as work:
+        files = []
+        for i in range(frames):
+            files.append(Path(work, f"{i}.jpg"))
+            cv2.imwrite(str(files[-1]), photo_like(*size, seed=i)[:, :, ::-1])
+        list(pipe.sequential(files[:1]))  # warm-up
+        timings = {}
+        for mode, run in (("sequential", pipe.sequential), ("pipeline", pipe),
+                          ("sequential_again", pipe.sequential), ("pipeline_again", pipe)):
+            start = time.perf_counter()
+            list(run(files))
+            timings[mode] = frames / (time.perf_counter() - start)
+    segmenter.close()
+    sequential = (timings["sequential"] + timings["sequential_again"]) / 2
+    overlapped = (timings["pipeline"] + timings["pipeline_again"]) / 2
+    return {"size": list(size), "frames": frames, "runs_each": 2, "sequential_fps": sequential,
+            "pipeline_fps": overlapped, "ratio": overlapped / sequential, "raw": timings}
+
+
+def _rows(size: tuple[int, int], results: list[MethodResult], medians: dict[str, float],
+          ) -> list[list[str]]:
+    def num(x: float | None, digits: int = 2) -> str:
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    return [[f"{size[0]}x{size[1]}", r.name, num(r.fps, 3), f"{r.speedup:.2f}x",
+             f"{medians[r.name]:.2f}x", num(r.median_ms, 0), num(r.p90_ms, 0),
+             num(r.peak_host_mib, 0), num(r.gflops_per_s, 1), num(r.percent_of_peak, 1)]
+            for r in results]
+
+
+def _markdown(rows: list[list[str]], machine: dict, settings: dict,
+              pipeline: dict | None) -> str:
+    header = ["size", "method", "FPS", "speed-up (protocol)", "speed-up (interleaved median)",
+              "latency median ms", "p90 ms", "peak host MiB", "GFLOP/s", "% of peak"]
+    packages = machine["packages"]
+    lines = [
+        f"Measured {settings['date']} on {machine['cpu_model']} "
+        f"({machine['physical_cores']} cores), {settings['threads_text']}; float32 matmul peak "
+        f"{machine.get('matmul_gflops', 0):.0f} GFLOP/s; torch "
+        f"{packages.get('torch')}, onnxruntime {packages.get('onnxruntime')}.",
+        f"Protocol: {settings['warmup']} warm-up + {settings['iters']} timed forwards per method "
+        f"on a random 1x3xHxW input, re-warm rule; interleaved: {settings['rounds']} rounds of "
+        "the same. Engine forward only (inputs prepared once). Load average during the run: "
+        f"{settings['load_start']:.1f} at start, {settings['load_end']:.1f} at the end.",
+        "GFLOP/s = the network's FLOPs at that size (2 per multiply-add) x FPS; % of peak is "
+        "of the float32 matmul peak, so INT8 (integer kernels) can exceed 100%.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+    check = settings.get("int8_check")
+    if check:
+        lines += ["", f"INT8 accuracy (the quantizer's own check, {check['calibration']} "
+                  f"calibration): labels agree with FP32 on {check['agreement_vs_fp32']:.2%} of "
+                  f"pixels, mIoU vs FP32 {check['miou_vs_fp32']:.3f} at "
+                  f"{check['verify_size'][0]}x{check['verify_size'][1]}"
+                  + (" -- its speed is NOT a deployable result." if
+                     check["agreement_vs_fp32"] < 0.99 else ".")]
+    if pipeline:
+        lines += ["", f"Prefetch pipeline (external-pyramid artifact, {pipeline['frames']} JPEG "
+                  f"frames of {pipeline['size'][0]}x{pipeline['size'][1]}: decode + OpenCV "
+                  f"pyramid overlapped with inference): {pipeline['pipeline_fps']:.3f} FPS vs "
+                  f"{pipeline['sequential_fps']:.3f} FPS sequential "
+                  f"({pipeline['ratio']:.2f}x)."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(per_size: dict[str, tuple[list[MethodResult], dict[str, float]]], path: Path) -> None:
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sizes = list(per_size)
+    names = [r.name for r in next(iter(per_size.values()))[0]]
+    fig = Figure(figsize=(2.2 + 2.4 * len(sizes), 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / len(names)
+    colours = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c"]
+    for i, name in enumerate(names):
+        fps = [next(r.fps for r in per_size[s][0] if r.name == name) for s in sizes]
+        ratios = [per_size[s][1][name] for s in sizes]
+        bars = ax.bar(np.arange(len(sizes)) + (i - (len(names) - 1) / 2) * width, fps, width,
+                      label=name, color=colours[i % len(colours)])
+        ax.bar_label(bars, labels=[f"{r:.2f}x" for r in ratios], padding=2, fontsize=8)
+    ax.set_xticks(np.arange(len(sizes)), sizes)
+    ax.set_ylabel("throughput (FPS)")
+    ax.set_title("ISDNet on the CPU (label: interleaved median speed-up vs PyTorch)")
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+@click.command()
+@click.option("--sizes", default="1024x1024,1958x1958", show_default=True,
+              help="Comma-separated HxW sizes.")
+@click.option("--warmup", type=click.IntRange(min=0), default=PAPER_WARMUP, show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=PAPER_ITERS, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Interleaved rounds per size.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op threads for torch and ONNX Runtime (default: the libraries').")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None)
+@click.option("--profile", default="deepglobe", show_default=True)
+@click.option("--int8/--no-int8", default=True, show_default=True,
+              help="Include ONNX Runtime INT8 when the quantizer is available.")
+@click.option("--calib", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Synthetic calibration images for INT8.")
+@click.option("--pipeline/--no-pipeline", default=True, show_default=True,
+              help="Measure Pipeline vs sequential for an external-pyramid artifact.")
+@click.option("--pipeline-frames", type=click.IntRange(min=2), default=6, show_default=True)
+@click.option("-o", "--output", type=click.Path(file_okay=False), default="benchmarks/results",
+              show_default=True)
+@click.option("--artifacts", type=click.Path(file_okay=False), default=None,
+              help="Keep the exported ONNX files here (default: a temporary folder).")
+def main(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
+         checkpoint: str | None, profile: str, int8: bool, calib: int, pipeline: bool,
+         pipeline_frames: int, output: str, artifacts: str | None) -> None:
+    """Produce the README's results table (markdown + JSON + PNG)."""
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        _run(sizes, warmup, iters, rounds, threads, checkpoint, profile, int8, calib, pipeline,
+             pipeline_frames, Path(output), Path(artifacts))
+        return
+    with tempfile.TemporaryDirectory(prefix="isdnet-bench-") as work:
+        _run(sizes, warmup, iters, rounds, threads, checkpoint, profile, int8, calib, pipeline,
+             pipeline_frames, Path(output), Path(work))
+
+
+def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
+         checkpoint: str | None, profile: str, int8: bool, calib: int, pipeline: bool,
+         pipeline_frames: int, out: Path, work: Path) -> None:
+    import torch
+
+    from isdnet_deploy import runtime
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
+    prof = get_profile(profile)
+    out.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()[0]
+    if threads:
+        torch.set_num_threads(threads)
+    model = _model(checkpoint, prof.num_classes)
+    paths, int8_check = _artifacts(model, work, prof.name, int8, calib, pipeline)
+    options = {"threads": threads} if threads else {}
+    segmenters = {k: runtime.load(paths[k], scale=False, **options)
+                  for k in ("fp32", "int8") if k in paths}
+    peak = measure_peak_gflops("cpu")
+    machine = machine_info({"torch": threads, "onnxruntime_intra_op": threads}
+                           if threads else None)
+    machine["matmul_gflops"] = peak
+
+    rows: list[list[str]] = []
+    per_size: dict[str, tuple[list[MethodResult], dict[str, float]]] = {}
+    runs: dict[str, Any] = {}
+    for size in size_list:
+        label = f"{size[0]}x{size[1]}"
+        flops = count_model_flops(model, size)
+        methods = [torch_method(model, size, flops=flops)]
+        methods += [segmenter_method(seg, size, name=f"onnxruntime {kind}", flops=flops)
+                    for kind, seg in segmenters.items()]
+        click.echo(f"{label}: protocol", err=True)
+        results = run_protocol(methods, warmup, iters, peak_gflops=peak)
+        click.echo(f"{label}: interleaved, {rounds} rounds", err=True)
+        inter = run_interleaved(methods, rounds, iters, warmup)
+        click.echo(report.format_table(results, machine))
+        click.echo(report.format_interleave(inter))
+        rows += _rows(size, results, inter.median_ratio)
+        per_size[label] = (results, inter.median_ratio)
+        runs[label] = report.to_json(results, inter, None, {"size": list(size), "flops": flops})
+    pipe = None
+    if pipeline:
+        size = size_list[-1]
+        click.echo(f"pipeline vs sequential at {size[0]}x{size[1]}", err=True)
+        pipe = _pipeline_throughput(paths["external"], size, pipeline_frames, threads)
+    for seg in segmenters.values():
+        seg.close()
+
+    settings = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "warmup": warmup, "iters": iters, "rounds": rounds, "threads": threads,
+                "threads_text": f"{threads} threads" if threads else
+                f"library-default threads ({os.cpu_count()} cores)",
+                "reference": checkpoint or "random weights", "profile": prof.name,
+                "int8": "int8" in paths, "calibration_images": calib if "int8" in paths else None,
+                "int8_check": int8_check,
+                "load_start": load_start, "load_end": os.getloadavg()[0],
+                "command": " ".join(sys.argv)}
+    markdown = _markdown(rows, machine, settings, pipe)
+    atomic_write_bytes(out / "results.md", markdown.encode())
+    report.write_json(out / "results.json", {"schema": "isdnet_deploy.benchmark_suite/1",
+                                             "settings": settings, "machine": machine,
+                                             "sizes": runs, "pipeline": pipe})
+    _plot(per_size, out / "results.png")
+    click.echo("")
+    click.echo(markdown)
+    click.echo(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()
