@@ -29,9 +29,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + identity)
+        out += identity
+        return F.relu(out, inplace=True)
 
 
 def _layer(in_channels: int, channels: int, blocks: int, stride: int,

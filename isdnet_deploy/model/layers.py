@@ -10,7 +10,9 @@ from torch import nn
 class ConvBNReLU(nn.Module):
     """mmcv's ConvModule as ISDNet configures it: bias-free conv, BatchNorm, optional ReLU.
 
-    The attribute names ``conv`` and ``bn`` are what the official checkpoints use.
+    The attribute names ``conv`` and ``bn`` are what the official checkpoints use. ReLUs
+    work in place, as mmcv's do: at ultra-high resolution an extra activation-sized
+    allocation per layer costs measurable time.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -23,7 +25,7 @@ class ConvBNReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(self.conv(x))
-        return F.relu(x) if self.relu else x
+        return F.relu(x, inplace=True) if self.relu else x
 
 
 def legacy_nearest(x: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
