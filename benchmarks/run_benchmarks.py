@@ -66,7 +66,7 @@ def _model(checkpoint: str | None, num_classes: int) -> Any:
     return build_model(num_classes)
 
 
-def _artifacts(model: Any, out: Path, profile: str, int8: bool, calib: int,
+def _artifacts(model: Any, out: Path, profile: str, int8: str, calib: int,
                pipeline: bool) -> tuple[dict[str, Path], dict[str, Any] | None]:
     """The ONNX files to time, and the INT8 quantizer's own accuracy check (or None)."""
     import warnings
@@ -77,7 +77,7 @@ def _artifacts(model: Any, out: Path, profile: str, int8: bool, calib: int,
     int8_check = None
     export_onnx(model, paths["fp32"], profile=profile)
     click.echo(f"exported {paths['fp32']}", err=True)
-    if int8:
+    if int8 != "none":
         quantize = _quantizer()
         if quantize is None:
             click.echo("INT8 skipped: isdnet_deploy.engine.precision.quantize_int8 is not "
@@ -88,10 +88,11 @@ def _artifacts(model: Any, out: Path, profile: str, int8: bool, calib: int,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # its verdict goes into the table instead
                 checked = quantize(paths["fp32"], paths["int8"], num_synthetic=calib,
-                                   progress=False)
+                                   target=int8, progress=False)
             int8_check = {"agreement_vs_fp32": checked.agreement,
                           "miou_vs_fp32": checked.miou_vs_fp32,
-                          "verify_size": list(checked.size), "calibration": "synthetic"}
+                          "verify_size": list(checked.size), "calibration": "synthetic",
+                          "target": int8}
             click.echo(f"quantized {paths['int8']} in {time.perf_counter() - start:.0f} s; "
                        f"agrees with FP32 on {checked.agreement:.2%} of pixels", err=True)
     if pipeline:
@@ -217,8 +218,10 @@ def _plot(per_size: dict[str, tuple[list[MethodResult], dict[str, float]]], path
               help="Intra-op threads for torch and ONNX Runtime (default: the libraries').")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None)
 @click.option("--profile", default="deepglobe", show_default=True)
-@click.option("--int8/--no-int8", default=True, show_default=True,
-              help="Include ONNX Runtime INT8 when the quantizer is available.")
+@click.option("--int8", type=click.Choice(["cpu", "tensorrt", "none"]), default="cpu",
+              show_default=True,
+              help="Include ONNX Runtime INT8 in this Q/DQ form (cpu: u8 activations that "
+                   "ONNX Runtime's x86 kernels fuse; tensorrt: the symmetric form for TensorRT).")
 @click.option("--calib", type=click.IntRange(min=1), default=8, show_default=True,
               help="Synthetic calibration images for INT8.")
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True,
@@ -229,7 +232,7 @@ def _plot(per_size: dict[str, tuple[list[MethodResult], dict[str, float]]], path
 @click.option("--artifacts", type=click.Path(file_okay=False), default=None,
               help="Keep the exported ONNX files here (default: a temporary folder).")
 def main(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
-         checkpoint: str | None, profile: str, int8: bool, calib: int, pipeline: bool,
+         checkpoint: str | None, profile: str, int8: str, calib: int, pipeline: bool,
          pipeline_frames: int, output: str, artifacts: str | None) -> None:
     """Produce the README's results table (markdown + JSON + PNG)."""
     if artifacts:
@@ -243,7 +246,7 @@ def main(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
 
 
 def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
-         checkpoint: str | None, profile: str, int8: bool, calib: int, pipeline: bool,
+         checkpoint: str | None, profile: str, int8: str, calib: int, pipeline: bool,
          pipeline_frames: int, out: Path, work: Path) -> None:
     import torch
 

@@ -31,3 +31,25 @@ def official_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "isdnet_deepglobe_random.pth"
     torch.save({"state_dict": official_state_dict(), "meta": {"CLASSES": ["a"] * 7}}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def onnx_model(model, tmp_path_factory) -> Path:
+    """A small dynamic ONNX export (pyramid in graph, float in, logits out) shared by the
+    tests that need some artifact rather than a particular variant."""
+    from isdnet_deploy.export.onnx_export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "isdnet.onnx"
+    export_onnx(model, path, verify_size=(96, 128))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """Invoke ``isdnet-deploy ARGS...`` in-process; returns click's Result."""
+    from click.testing import CliRunner
+
+    from isdnet_deploy.cli import main
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(main, [str(a) for a in args], catch_exceptions=False)

@@ -11,7 +11,6 @@ import pytest
 from click.testing import CliRunner
 
 from isdnet_deploy.cli import main
-from isdnet_deploy.cli.benchmark import benchmark_command, compare_command
 
 TINY = "64x64"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -19,9 +18,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def cli():
-    for command in (benchmark_command, compare_command):
-        if command.name not in main.commands:
-            main.add_command(command)
     return main
 
 

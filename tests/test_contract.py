@@ -55,3 +55,10 @@ def test_parse_size(text: str, expected: tuple[int, int]) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(IsdnetError):
         parse_size(text)
+
+
+def test_cli_lists_every_command() -> None:
+    from isdnet_deploy.cli import main
+
+    assert set(main.commands) == {"demo", "export", "inspect", "quantize", "build", "benchmark",
+                                  "compare", "infer", "evaluate", "samples"}

@@ -15,16 +15,7 @@ from click.testing import CliRunner, Result
 from onnx import TensorProto, helper
 
 from isdnet_deploy.cli import main
-from isdnet_deploy.cli.export import export_command, inspect_command
 from isdnet_deploy.contract import read_onnx_contract
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _registered() -> None:
-    # Until isdnet_deploy.cli registers the commands itself.
-    for command in (export_command, inspect_command):
-        if command.name not in main.commands:
-            main.add_command(command)
 
 
 def run(*args: object) -> Result:
@@ -239,8 +230,6 @@ def test_real_process_one_line(tmp_path):
     path.write_text("not onnx")
     proc = subprocess.run([sys.executable, "-m", "isdnet_deploy", "inspect", str(path)],
                           capture_output=True, text=True, timeout=120)
-    if "No such command" in proc.stderr:
-        pytest.skip("inspect is not registered in isdnet_deploy.cli yet")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "is not a readable ONNX model" in proc.stderr and proc.stdout == ""

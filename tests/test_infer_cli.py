@@ -10,11 +10,8 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from isdnet_deploy import runtime
-from isdnet_deploy.cli import main
-from isdnet_deploy.cli.infer import evaluate_command, infer_command
 from isdnet_deploy.contract import Contract, TensorSpec
 from isdnet_deploy.data.images import read_image, read_label_png, read_palette
 from isdnet_deploy.data.samples import generate_sample_set
@@ -31,24 +28,6 @@ HAS_RASTERIO = importlib.util.find_spec("rasterio") is not None
 # low because the random-weights model's logits depend strongly on the input's extent
 # (global context), not because of blending; the bound leaves room for float noise.
 MIN_TILED_AGREEMENT = 0.60
-
-
-@pytest.fixture(scope="module")
-def cli():
-    for command in (infer_command, evaluate_command):
-        if command.name not in main.commands:
-            main.add_command(command)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def onnx_model(model, tmp_path_factory):
-    from isdnet_deploy.export.onnx_export import export_onnx
-
-    path = tmp_path_factory.mktemp("onnx") / "isdnet.onnx"
-    export_onnx(model, path, verify_size=(96, 128))
-    return path
 
 
 @pytest.fixture(scope="module")
