@@ -30,7 +30,6 @@ from isdnet_deploy.benchmark.machine import machine_info
 from isdnet_deploy.benchmark.methods import (
     count_model_flops,
     measure_peak_gflops,
-    photo_like,
     segmenter_method,
     torch_method,
 )
@@ -42,6 +41,7 @@ from isdnet_deploy.benchmark.protocol import (
     run_protocol,
 )
 from isdnet_deploy.data.images import atomic_write_bytes
+from isdnet_deploy.data.samples import photo_like
 from isdnet_deploy.profiles import get_profile, parse_size
 
 log = logging.getLogger("run_benchmarks")

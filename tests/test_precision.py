@@ -59,7 +59,7 @@ def _run(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _no_leftovers(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    return [p.name for p in folder.iterdir() if ".tmp" in p.name]
 
 
 def smooth_standin(path: Path) -> Path:

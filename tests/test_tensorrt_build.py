@@ -375,7 +375,7 @@ def test_tensorrt11_fp16_converts_the_graph_and_builds_strongly_typed(fp32_onnx,
     (parsed,) = calls(trt, "parse_from_file")
     assert parsed[1] != str(fp32_onnx) and parsed[2] == "fp16"
     assert result["converted_to_fp16"] and result["precision"] == "fp16"
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))
 
 
 @pytest.mark.parametrize("version,weak", [("10.9.0", True), ("11.4.0", False)])

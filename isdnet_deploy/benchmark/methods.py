@@ -38,19 +38,6 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Seeded HxWx3 uint8 image with photo-like spatial correlation rather than white noise,
-    for parity checks and realistic JPEG sizes."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (max(height // 16, 2), max(width // 16, 2), 3))
-    image = cv2.resize(coarse.astype(np.float32), (width, height),
-                       interpolation=cv2.INTER_CUBIC)
-    image = image + rng.normal(0, 12, image.shape)
-    return np.clip(image, 0, 255).round().astype(np.uint8)
-
-
 def torch_method(model: Any, size: tuple[int, int], *, device: str = "cpu",
                  name: str = TORCH_NAME, seed: int = 0, flops: float | None = None) -> Method:
     """``model(x)`` under ``torch.no_grad`` with CUDA synchronisation and peak memory on GPU."""

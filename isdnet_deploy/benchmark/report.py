@@ -8,17 +8,14 @@ interrupted run never leaves a half-written report.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any
 
 from ..errors import IsdnetError
+from ..fileio import atomic_output, atomic_write_bytes
 from .protocol import InterleaveResult, MethodResult, RewarmInfo
 
 SCHEMA = "isdnet_deploy.benchmark/1"
@@ -124,23 +121,6 @@ def from_json(data: dict) -> tuple[list[MethodResult], InterleaveResult | None]:
     return results, InterleaveResult(**inter) if inter is not None else None
 
 
-@contextlib.contextmanager
-def _atomic(path: str | os.PathLike, mode: str) -> Any:
-    """Yield a temp file beside ``path``; move it into place only if writing succeeded."""
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise IsdnetError(f"output directory {target.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write ``data`` as JSON atomically; NaN/inf are refused as strict JSON has none."""
     try:
@@ -148,8 +128,8 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     except (TypeError, ValueError) as exc:
         raise IsdnetError(f"benchmark data is not JSON-serialisable ({exc}); "
                           "pass the dict from report.to_json") from exc
-    with _atomic(path, "w") as f:
-        f.write(text + "\n")
+    with atomic_output(path, make_parents=False) as tmp:
+        tmp.write_text(text + "\n")
 
 
 def plot_fps(results: Sequence[MethodResult], path: str | os.PathLike,
@@ -173,5 +153,4 @@ def plot_fps(results: Sequence[MethodResult], path: str | os.PathLike,
     ax.tick_params(axis="x", labelrotation=15 if len(results) > 3 else 0)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    with _atomic(path, "wb") as f:
-        f.write(buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), make_parents=False)

@@ -312,9 +312,9 @@ class _Candidate:
 def _inputs(images: str | None, labels: str | None, random: int, hw: tuple[int, int],
             prof: Profile) -> tuple[list[tuple[str, Any, Any]], str]:
     """(name, image loader, mask loader or None) per input, and a description."""
-    from ..benchmark.methods import photo_like
     from ..data.datasets import load_mask, naming_for, pair_files
     from ..data.images import read_image
+    from ..data.samples import photo_like
 
     if labels is not None:
         if images is None:

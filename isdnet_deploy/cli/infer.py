@@ -279,7 +279,7 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
     Example: isdnet-deploy evaluate model.pth model.onnx --images data/val --json eval.json
     """
     from ..data.datasets import pair_files
-    from ..data.images import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
     from ..metrics.segmentation import DEFINITIONS, format_scores
 
     tiles = tile_settings(tile, max_size, overlap)

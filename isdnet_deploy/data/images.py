@@ -21,11 +21,9 @@ Every output file is written atomically (temporary file in the same folder, then
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import IsdnetError, missing
+from ..fileio import atomic_output, atomic_write_bytes
 from ..profiles import IGNORE_INDEX
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -44,33 +43,6 @@ _TIFF_EXTRASAMPLES = 338
 _TIFF_ALPHA = (1, 2)  # associated / unassociated alpha
 
 Palette = Sequence[Sequence[int]]
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; it replaces ``path`` only on success.
-
-    The temporary name keeps the suffix so libraries that pick a format from the
-    extension (GDAL, OpenCV) still work.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}",
-                               dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
 
 
 def _read_bytes(path: Path, what: str) -> np.ndarray:

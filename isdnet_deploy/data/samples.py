@@ -25,8 +25,9 @@ import cv2
 import numpy as np
 
 from ..errors import IsdnetError
+from ..fileio import atomic_write_bytes
 from ..profiles import MIN_SIZE, Profile, get_profile
-from .images import atomic_write_bytes, colorize, write_image, write_label_png
+from .images import colorize, write_image, write_label_png
 
 # DeepGlobe classes: unknown, urban, agriculture, rangeland, forest, water, barren.
 _DEEPGLOBE_WEIGHTS = (0.02, 0.14, 0.34, 0.12, 0.16, 0.10, 0.12)
@@ -131,6 +132,17 @@ def _write_gray_tiff(path: Path, values: np.ndarray) -> Path:
     if not ok:
         raise IsdnetError(f"OpenCV could not encode {path}")
     return atomic_write_bytes(path, buf.tobytes())
+
+
+def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Seeded HxWx3 uint8 image with photo-like spatial correlation rather than white noise,
+    for parity checks and realistic JPEG sizes."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (max(height // 16, 2), max(width // 16, 2), 3))
+    image = cv2.resize(coarse.astype(np.float32), (width, height),
+                       interpolation=cv2.INTER_CUBIC)
+    image = image + rng.normal(0, 12, image.shape)
+    return np.clip(image, 0, 255).round().astype(np.uint8)
 
 
 def generate_sample_set(out_dir: str | os.PathLike[str], profile: Profile | str,

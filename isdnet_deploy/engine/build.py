@@ -26,8 +26,8 @@ from types import ModuleType
 from typing import Any
 
 from ..contract import Contract, load_onnx_proto, read_onnx_contract
-from ..data.images import atomic_write_bytes
 from ..errors import IsdnetError
+from ..fileio import atomic_write_bytes
 from ..profiles import get_profile
 from . import trt_compat
 from .sidecar import EngineSidecar, sha256_bytes, write_sidecar

@@ -12,14 +12,13 @@ place (a failed or rejected transform leaves no file behind).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from ..contract import (
 )
 from ..data.images import read_image
 from ..errors import IsdnetError
+from ..fileio import atomic_output
 from ..metrics.parity import logit_parity
 from ..metrics.segmentation import ConfusionAccumulator, scores
 from ..runtime.preprocess import prepare_feeds, resize_image, scaled_size
@@ -134,21 +134,6 @@ def _load(path: str | os.PathLike) -> tuple[onnx.ModelProto, Contract]:
     if contract.precision != "fp32":
         raise IsdnetError(f"{path} is already {contract.precision}; convert from the fp32 model")
     return model, contract
-
-
-@contextlib.contextmanager
-def _staged_output(dst: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``dst``; moved into place only if the block succeeds."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, dst)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -571,7 +556,7 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike,
                           "or keep the offending op in fp32 with --keep-fp32") from None
     _restore_output_types(converted, io_types)
     _drop_fp16_round_trips(converted)
-    with _staged_output(dst) as tmp:
+    with atomic_output(dst) as tmp:
         return _finish(tmp, src, dst, converted, contract, "fp16", source, num_verify,
                        min_agreement, progress, kept_fp32=sorted(set(keep_fp32)),
                        calibration=source.describe())
@@ -712,7 +697,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike,
             raise IsdnetError(f"INT8 quantization of {src} failed ({exc.__class__.__name__}: "
                               f"{exc})") from None
         result = onnx.load(os.fspath(quantized))
-        with _staged_output(dst) as tmp:
+        with atomic_output(dst) as tmp:
             return _finish(tmp, src, dst, result, contract, "int8", source, num_verify,
                            min_agreement, progress, excluded_nodes=excluded,
                            calibration=source.describe())

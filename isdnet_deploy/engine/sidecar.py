@@ -17,8 +17,8 @@ from typing import Any
 
 from .. import __version__
 from ..contract import Contract
-from ..data.images import atomic_write_bytes
 from ..errors import IsdnetError
+from ..fileio import atomic_write_bytes
 from .trt_compat import GpuInfo
 
 SIDECAR_FORMAT = "isdnet-deploy-engine/1"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from ..contract import (
     embed_in_onnx,
 )
 from ..errors import IsdnetError, missing
+from ..fileio import atomic_output
 from ..profiles import MIN_SIZE, get_profile, profile_for_classes
 from .graph import DeployGraph
 
@@ -169,15 +169,10 @@ def sample_inputs(contract: Contract, size: tuple[int, int], seed: int = 0
     The image is smooth noise (photo-like), not white noise, so the comparison happens on
     the kind of input the model is built for.
     """
+    from ..data.samples import photo_like
     from ..pyramid.opencv_ops import shallow_input_nchw
 
-    rng = np.random.default_rng(seed)
-    h, w = size
-    coarse = rng.uniform(0, 255, size=(max(h // 16, 2), max(w // 16, 2), 3)).astype(np.float32)
-    import cv2
-
-    rgb = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    rgb = np.clip(rgb + rng.normal(0, 12, size=rgb.shape), 0, 255).round().astype(np.uint8)
+    rgb = photo_like(*size, seed=seed)
     mean = np.asarray(contract.mean, np.float32)
     std = np.asarray(contract.std, np.float32)
     normalised = ((rgb.astype(np.float32) - mean) / std).transpose(2, 0, 1)[None]
@@ -244,7 +239,8 @@ def _trace_to_onnx(graph: DeployGraph, path: str, contract: Contract, example: t
         for spec in [*contract.inputs, *contract.outputs]:
             dynamic_axes[spec.name] = {i: d for i, d in enumerate(spec.shape)
                                        if isinstance(d, str)}
-    with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
+    with (warnings.catch_warnings(), open(os.devnull, "w") as devnull,
+          contextlib.redirect_stdout(devnull)):
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
             torch.onnx.export(graph, example, path, input_names=input_names,
@@ -324,12 +320,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
     example = tuple(torch.from_numpy(feeds[s.name]) for s in contract.inputs)
 
     start = time.perf_counter()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever deploys the file
-    try:
+    with atomic_output(path, make_parents=False) as tmp_path:
+        tmp = str(tmp_path)
         progress("exporting")
         with torch.no_grad():
             _trace_to_onnx(graph, tmp, contract, example, exporter, opset)
@@ -348,14 +340,6 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
                     f"(allowed {parity.tolerance:.2e} = atol {atol} + rtol {rtol} x max|ref|), "
                     f"agreement on decided pixels {parity.decided_agreement:.4%} (needed "
                     f">= {parity.min_agreement:.2%}); nothing written")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    finally:
-        for stray in path.parent.glob(f".{path.name}.*.tmp.data"):
-            stray.unlink()
     seconds = time.perf_counter() - start
     return ExportReport(path=str(path), seconds=seconds, file_bytes=path.stat().st_size,
                         contract=contract, parity=parity, simplified=simplify)

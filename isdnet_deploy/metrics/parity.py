@@ -13,8 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..data.images import atomic_write_bytes
 from ..errors import IsdnetError
+from ..fileio import atomic_write_bytes
 from ..profiles import IGNORE_INDEX
 from .segmentation import confusion_matrix, scores
 
