@@ -103,7 +103,9 @@ def segmenter_method(segmenter: Segmenter, size: tuple[int, int], *, name: str |
         def forward() -> object:
             return backend.run(feeds)
     return Method(name=name or method_name(segmenter, include_pyramid), forward=forward,
-                  synchronize=backend.synchronize, device=backend.device, flops=flops)
+                  synchronize=backend.synchronize, device=backend.device, flops=flops,
+                  cuda_peak_memory=backend.peak_device_memory,
+                  cuda_reset_peak=backend.reset_peak_device_memory)
 
 
 def unique_names(names: Sequence[str], labels: Sequence[str]) -> list[str]:

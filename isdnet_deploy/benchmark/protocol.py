@@ -34,7 +34,8 @@ MIB = 1024.0 * 1024.0
 _CLEAR_REFS = "/proc/self/clear_refs"
 _STATUS = "/proc/self/status"
 SOURCE_VMHWM = "VmHWM since reset"
-SOURCE_RUSAGE = "ru_maxrss: process-lifetime peak (/proc/self/clear_refs unavailable)"
+SOURCE_RUSAGE = ("ru_maxrss: process-lifetime peak (/proc/self/clear_refs unavailable or "
+                 "not resetting VmHWM)")
 
 
 def _noop() -> None:
@@ -130,25 +131,41 @@ def latency_stats(latencies: Sequence[float]) -> dict[str, float]:
     }
 
 
+def _status_kib(*fields: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in fields:
+                    found[key] = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return found
+
+
 def _reset_host_peak() -> bool:
-    """Reset VmHWM to the current RSS so the next reading is this method's own peak."""
+    """Reset VmHWM to the current RSS so the next reading is this method's own peak.
+
+    Some kernels accept the write but keep the old peak (seen on a Firecracker VM), so the
+    reset only counts when VmHWM has come down to VmRSS afterwards.
+    """
     try:
         with open(_CLEAR_REFS, "w") as f:
             f.write("5")
-        return True
     except OSError:
         return False
+    status = _status_kib("VmHWM", "VmRSS")
+    if len(status) < 2:
+        return False
+    return status["VmHWM"] - status["VmRSS"] <= 4096  # KiB: pages touched since the write
 
 
 def _read_host_peak_mib(reset_ok: bool) -> tuple[float | None, str]:
     if reset_ok:
-        try:
-            with open(_STATUS) as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024.0, SOURCE_VMHWM
-        except OSError:
-            pass
+        hwm = _status_kib("VmHWM").get("VmHWM")
+        if hwm is not None:
+            return hwm / 1024.0, SOURCE_VMHWM
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in bytes on macOS and in KiB elsewhere.
     mib = peak / MIB if sys.platform == "darwin" else peak / 1024.0

@@ -31,6 +31,14 @@ class Backend(ABC):
         """Wait for queued device work (a no-op on synchronous CPU backends)."""
         return None
 
+    def reset_peak_device_memory(self) -> None:
+        """Start a new peak-memory window (backends that can measure one override this)."""
+        return None
+
+    def peak_device_memory(self) -> int | None:
+        """Bytes of device memory at the peak since the last reset; None where unknown."""
+        return None
+
     def close(self) -> None:
         """Release sessions, engines and device memory."""
         return None

@@ -72,5 +72,12 @@ class TorchBackend(Backend):
         if self.device == "cuda":
             self.torch.cuda.synchronize()
 
+    def reset_peak_device_memory(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def peak_device_memory(self) -> int | None:
+        return self.torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+
     def close(self) -> None:
         self.model = None
