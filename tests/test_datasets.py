@@ -25,9 +25,9 @@ from isdnet_deploy.data.images import (
     write_image,
     write_label_png,
 )
-from isdnet_deploy.data.samples import generate_sample_set, sample_dirs
+from isdnet_deploy.data.samples import generate_sample_set, sample_dirs, synthetic_pair
 from isdnet_deploy.errors import IsdnetError, MissingDependencyError
-from isdnet_deploy.profiles import CITYSCAPES, DEEPGLOBE, IGNORE_INDEX, INRIA
+from isdnet_deploy.profiles import CITYSCAPES, DEEPGLOBE, IGNORE_INDEX, INRIA, get_profile
 
 HAS_RASTERIO = importlib.util.find_spec("rasterio") is not None
 
@@ -360,3 +360,22 @@ def test_geotiff_round_trip_keeps_georeference(tmp_path):
     with pytest.raises(IsdnetError, match="resize labels back"):
         write_geotiff_labels(tmp_path / "bad.tif", labels[:5], georef)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]
+
+
+@pytest.mark.parametrize("profile", ["deepglobe", "inria", "cityscapes"])
+def test_synthetic_pair_matches_the_written_sample_set(tmp_path, profile):
+    image, labels = synthetic_pair(profile, 96, 80, [5, 0])
+    assert image.shape == (96, 80, 3) and image.dtype == np.uint8
+    assert labels.shape == (96, 80) and labels.max() < get_profile(profile).num_classes
+    assert len(np.unique(labels)) > 1  # regions, not one flat class
+    generate_sample_set(tmp_path, profile, count=1, size=(96, 80), seed=5)
+    images_dir, _ = sample_dirs(tmp_path, profile)
+    written = sorted(p for p in images_dir.iterdir() if p.is_file() and "_mask" not in p.name)
+    if profile != "deepglobe":  # JPEG is lossy; the lossless formats must match exactly
+        np.testing.assert_array_equal(read_image(written[0]), image)
+    np.testing.assert_array_equal(synthetic_pair(profile, 96, 80, [5, 0])[1], labels)
+
+
+def test_synthetic_pair_rejects_tiny_sizes():
+    with pytest.raises(IsdnetError, match="too small"):
+        synthetic_pair("deepglobe", 16, 64)

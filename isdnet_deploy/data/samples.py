@@ -19,6 +19,7 @@ real data:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -145,6 +146,22 @@ def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(image, 0, 255).round().astype(np.uint8)
 
 
+def synthetic_pair(profile: Profile | str, height: int, width: int,
+                   seed: int | Sequence[int] = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One seeded (HxWx3 uint8 RGB image, HxW uint8 class map) pair of ``profile``'s kind,
+    in memory: what ``generate_sample_set`` writes, for training and calibration loops."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    if min(height, width) < MIN_SIZE:
+        raise IsdnetError(f"sample size {height}x{width} is too small; both sides must be "
+                          f">= {MIN_SIZE}")
+    rng = np.random.default_rng(seed)
+    if profile.name == "deepglobe":
+        return _deepglobe(rng, height, width)
+    if profile.name == "inria":
+        return _inria(rng, height, width)
+    return _generic(rng, height, width, profile)
+
+
 def generate_sample_set(out_dir: str | os.PathLike[str], profile: Profile | str,
                         count: int = 4, size: tuple[int, int] = (512, 512),
                         seed: int = 0) -> list[Path]:
@@ -158,18 +175,15 @@ def generate_sample_set(out_dir: str | os.PathLike[str], profile: Profile | str,
     images_dir, labels_dir = sample_dirs(out_dir, profile)
     written: list[Path] = []
     for i in range(count):
-        rng = np.random.default_rng([seed, i])
+        image, labels = synthetic_pair(profile, h, w, [seed, i])
         if profile.name == "deepglobe":
-            image, labels = _deepglobe(rng, h, w)
             written.append(write_image(images_dir / f"synth{i:03d}_sat.jpg", image, 90))
             written.append(write_image(labels_dir / f"synth{i:03d}_mask.png",
                                        colorize(labels, profile.palette)))
         elif profile.name == "inria":
-            image, labels = _inria(rng, h, w)
             written.append(write_image(images_dir / f"synth{i + 1}.tif", image))
             written.append(_write_gray_tiff(labels_dir / f"synth{i + 1}.tif", labels * 255))
         else:
-            image, labels = _generic(rng, h, w, profile)
             written.append(write_image(images_dir / f"synth{i:03d}.png", image))
             written.append(write_label_png(labels_dir / f"synth{i:03d}.png", labels,
                                            profile.palette))
