@@ -21,6 +21,7 @@ from isdnet_deploy.engine.precision import (
     CalibrationWarning,
     convert_fp16,
     head_nodes,
+    pyramid_nodes,
     quantize_int8,
     shape_nodes,
     synthetic_image,
@@ -273,6 +274,51 @@ def test_int8_is_tensorrt_explicit_quantization_form(exported, tmp_path) -> None
     assert 0.0 < report.agreement <= 1.0 and report.ms_converted > 0
 
 
+def test_int8_cpu_target_folds_relu_and_keeps_the_pyramid_float(exported, tmp_path) -> None:
+    dst = tmp_path / "isdnet.cpu.int8.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        warnings.simplefilter("ignore", AgreementWarning)  # random weights; not judged here
+        report = quantize_int8(exported["float"], dst, num_synthetic=2, num_verify=1,
+                               size=(96, 96), target="cpu", progress=False)
+    proto = onnx.load(str(dst))
+    inits = _initializers(proto)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    # u8 activations: the zero points of activation Q nodes are uint8.
+    quant = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert quant and all(inits[n.input[2]].data_type == TensorProto.UINT8 for n in quant)
+    # Every Relu after a quantized convolution was folded into its uint8 range: none is
+    # left reading a DequantizeLinear (a float ReLU at full resolution between Q/DQ pairs).
+    relus = [n for n in proto.graph.node if n.op_type == "Relu"]
+    assert not [n.name for n in relus
+                if producers.get(n.input[0]) is not None
+                and producers[n.input[0]].op_type == "DequantizeLinear"]
+    # The pyramid's convolutions read float weights, and it is listed as excluded.
+    pyramid = [n for n in proto.graph.node if "/lap_pyramid/" in n.name
+               and n.op_type in ("Conv", "ConvTranspose")]
+    assert pyramid and all(inits[n.input[1]].data_type == TensorProto.FLOAT for n in pyramid)
+    assert {n.name for n in pyramid} <= set(report.excluded_nodes)
+    assert {n.name for n in pyramid} <= set(pyramid_nodes(proto))
+    # Verified on seeds the calibration never saw.
+    assert "held out" in report.calibration and f"seed {10_000}" in report.calibration
+
+
+def test_int8_pyramid_can_be_quantized_when_asked(exported, tmp_path) -> None:
+    dst = tmp_path / "isdnet.all.int8.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = quantize_int8(exported["float"], dst, num_synthetic=2, num_verify=1,
+                               size=(96, 96), target="cpu", keep_pyramid_float=False,
+                               progress=False)
+    assert not any("/lap_pyramid/" in n for n in report.excluded_nodes)
+    inits = _initializers(onnx.load(str(dst)))
+    proto = onnx.load(str(dst))
+    pyramid_convs = [n for n in proto.graph.node if "/lap_pyramid/" in n.name
+                     and n.op_type == "Conv"]
+    assert pyramid_convs and not all(n.input[1] in inits and inits[n.input[1]].data_type
+                                     == TensorProto.FLOAT for n in pyramid_convs)
+
+
 def test_int8_reaches_99_percent_on_a_well_conditioned_net(tmp_path) -> None:
     src = smooth_standin(tmp_path / "smooth.onnx")
     with warnings.catch_warnings():
@@ -293,7 +339,21 @@ def test_int8_calibrates_on_a_folder_of_images(tmp_path) -> None:
         warnings.simplefilter("error", CalibrationWarning)  # real images: no warning
         report = quantize_int8(src, tmp_path / "out.onnx", calib, num_verify=2, progress=False)
     assert report.calibration.startswith("3 image(s)")
+    assert "verified on the calibration images themselves" in report.calibration
     assert report.size == [512, 512] and report.num_verify == 2
+
+
+def test_int8_holds_out_verification_images_from_a_folder(tmp_path) -> None:
+    src = smooth_standin(tmp_path / "smooth.onnx")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(calib / f"tile_{i}.png"), synthetic_image((200, 180), 200 + i))
+    report = quantize_int8(src, tmp_path / "out.onnx", calib, num_verify=2, size=(128, 128),
+                           progress=False)
+    assert report.calibration.startswith("3 image(s)"), report.calibration
+    assert "2 image(s)" in report.calibration and "held out" in report.calibration
+    assert report.num_verify == 2
 
 
 def test_int8_empty_calibration_folder_is_an_error(tmp_path) -> None:
