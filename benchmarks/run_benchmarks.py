@@ -85,13 +85,14 @@ def _artifacts(model: Any, out: Path, profile: str, int8: str, calib: int,
         else:
             paths["int8"] = out / "isdnet_int8.onnx"
             start = time.perf_counter()
+            images = _calibration_images(out / "calibration", profile, calib)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # its verdict goes into the table instead
-                checked = quantize(paths["fp32"], paths["int8"], num_synthetic=calib,
+                checked = quantize(paths["fp32"], paths["int8"], images, max_images=calib,
                                    target=int8, progress=False)
             int8_check = {"agreement_vs_fp32": checked.agreement,
                           "miou_vs_fp32": checked.miou_vs_fp32,
-                          "verify_size": list(checked.size), "calibration": "synthetic",
+                          "verify_size": list(checked.size), "calibration": checked.calibration,
                           "target": int8}
             click.echo(f"quantized {paths['int8']} in {time.perf_counter() - start:.0f} s; "
                        f"agrees with FP32 on {checked.agreement:.2%} of pixels", err=True)
@@ -99,6 +100,43 @@ def _artifacts(model: Any, out: Path, profile: str, int8: str, calib: int,
         paths["external"] = out / "isdnet_fp32_external_pyramid.onnx"
         export_onnx(model, paths["external"], pyramid="external", profile=profile)
     return paths, int8_check
+
+
+def _calibration_images(folder: Path, profile: str, count: int) -> list[Path]:
+    """``count`` + 4 synthetic images of the profile's kind (data.samples): the quantizer
+    calibrates on ``count`` and verifies on the 4 it holds out."""
+    from isdnet_deploy.data.samples import generate_sample_set, sample_dirs
+
+    generate_sample_set(folder, profile, count=count + 4, size=(1024, 1024), seed=1)
+    images_dir, labels_dir = sample_dirs(folder, profile)
+    written = sorted(p for p in images_dir.iterdir() if p.is_file())
+    return [p for p in written if images_dir != labels_dir or "_mask" not in p.name]
+
+
+def _int8_accuracy(segmenters: dict[str, Any], profile: str, size: tuple[int, int],
+                   count: int) -> dict[str, Any]:
+    """FP32 vs INT8 labels on held-out synthetic images at ``size`` (seeds the calibration
+    never used), and each one's pixel accuracy against the images' exact masks."""
+    import numpy as np
+
+    from isdnet_deploy.data.samples import synthetic_pair
+
+    agree, acc_fp32, acc_int8 = [], [], []
+    for i in range(count):
+        image, truth = synthetic_pair(profile, size[0], size[1], [2, i])
+        fp32, int8 = segmenters["fp32"].predict(image), segmenters["int8"].predict(image)
+        agree.append(float(np.mean(fp32 == int8)))
+        acc_fp32.append(float(np.mean(fp32 == truth)))
+        acc_int8.append(float(np.mean(int8 == truth)))
+    return {"size": list(size), "images": count, "agreement_vs_fp32": float(np.mean(agree)),
+            "min_agreement": float(np.min(agree)), "pixel_accuracy_fp32":
+            float(np.mean(acc_fp32)), "pixel_accuracy_int8": float(np.mean(acc_int8))}
+
+
+def _memory(methods: list[Any], size: tuple[int, int]) -> list[MethodResult]:
+    """Peak host memory of one forward per method at ``size`` (1 warm-up, 1 timed)."""
+    click.echo(f"{size[0]}x{size[1]}: peak memory, 1 warm-up + 1 forward per method", err=True)
+    return run_protocol(methods, warmup=1, iters=1, rewarm_tries=1, rewarm_tolerance=10.0)
 
 
 def _pipeline_throughput(path: Path, size: tuple[int, int], frames: int,
@@ -165,12 +203,31 @@ def _markdown(rows: list[list[str]], machine: dict, settings: dict,
     ]
     check = settings.get("int8_check")
     if check:
-        lines += ["", f"INT8 accuracy (the quantizer's own check, {check['calibration']} "
-                  f"calibration): labels agree with FP32 on {check['agreement_vs_fp32']:.2%} of "
-                  f"pixels, mIoU vs FP32 {check['miou_vs_fp32']:.3f} at "
-                  f"{check['verify_size'][0]}x{check['verify_size'][1]}"
-                  + (" -- its speed is NOT a deployable result." if
+        lines += ["", f"INT8 accuracy, the quantizer's own check at {check['verify_size'][0]}x"
+                  f"{check['verify_size'][1]} (calibration: {check['calibration']}): labels "
+                  f"agree with FP32 on {check['agreement_vs_fp32']:.2%} of pixels, mIoU vs FP32 "
+                  f"{check['miou_vs_fp32']:.3f}"
+                  + (" -- below 99%: its speed is NOT a deployable result." if
                      check["agreement_vs_fp32"] < 0.99 else ".")]
+    accuracy = settings.get("int8_accuracy")
+    if accuracy:
+        weights = settings["reference"]
+        lines += ["", f"INT8 vs FP32 on held-out synthetic {settings['profile']}-like images "
+                  f"(model: {weights}; pixel accuracy is against the images' exact masks"
+                  + ("; RANDOM weights make these numbers meaningless" if
+                     weights == "random weights" else "") + "):", "",
+                  "| size | images | INT8 = FP32 labels (mean) | worst image | FP32 pixel acc "
+                  "| INT8 pixel acc |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {a['size'][0]}x{a['size'][1]} | {a['images']} | "
+                  f"{a['agreement_vs_fp32']:.2%} | {a['min_agreement']:.2%} | "
+                  f"{a['pixel_accuracy_fp32']:.2%} | {a['pixel_accuracy_int8']:.2%} |"
+                  for a in accuracy]
+    memory = settings.get("memory")
+    if memory:
+        lines += ["", f"Peak host memory of one forward at {settings['memory_size']} "
+                  f"({memory[0]['source']}): "
+                  + ", ".join(f"{m['name']} {m['peak_host_mib']:.0f} MiB" for m in memory)
+                  + "."]
     if pipeline:
         lines += ["", f"Prefetch pipeline (external-pyramid artifact, {pipeline['frames']} JPEG "
                   f"frames of {pipeline['size'][0]}x{pipeline['size'][1]}: decode + OpenCV "
@@ -222,8 +279,15 @@ def _plot(per_size: dict[str, tuple[list[MethodResult], dict[str, float]]], path
               show_default=True,
               help="Include ONNX Runtime INT8 in this Q/DQ form (cpu: u8 activations that "
                    "ONNX Runtime's x86 kernels fuse; tensorrt: the symmetric form for TensorRT).")
-@click.option("--calib", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Synthetic calibration images for INT8.")
+@click.option("--calib", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Synthetic calibration images (the profile's kind) for INT8.")
+@click.option("--accuracy-images", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Held-out synthetic images per size for INT8 vs FP32 agreement (0: none); "
+                   "meaningful with a --checkpoint trained on that task "
+                   "(benchmarks/train_synthetic.py).")
+@click.option("--memory-size", default="4000x4000", show_default=True,
+              help="Size for a one-forward peak-memory comparison ('none' to skip); default "
+                   "the Inria test size.")
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True,
               help="Measure Pipeline vs sequential for an external-pyramid artifact.")
 @click.option("--pipeline-frames", type=click.IntRange(min=2), default=6, show_default=True)
@@ -232,22 +296,24 @@ def _plot(per_size: dict[str, tuple[list[MethodResult], dict[str, float]]], path
 @click.option("--artifacts", type=click.Path(file_okay=False), default=None,
               help="Keep the exported ONNX files here (default: a temporary folder).")
 def main(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
-         checkpoint: str | None, profile: str, int8: str, calib: int, pipeline: bool,
-         pipeline_frames: int, output: str, artifacts: str | None) -> None:
+         checkpoint: str | None, profile: str, int8: str, calib: int, accuracy_images: int,
+         memory_size: str, pipeline: bool, pipeline_frames: int, output: str,
+         artifacts: str | None) -> None:
     """Produce the README's results table (markdown + JSON + PNG)."""
+    args = (sizes, warmup, iters, rounds, threads, checkpoint, profile, int8, calib,
+            accuracy_images, memory_size, pipeline, pipeline_frames, Path(output))
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
-        _run(sizes, warmup, iters, rounds, threads, checkpoint, profile, int8, calib, pipeline,
-             pipeline_frames, Path(output), Path(artifacts))
+        _run(*args, Path(artifacts))
         return
     with tempfile.TemporaryDirectory(prefix="isdnet-bench-") as work:
-        _run(sizes, warmup, iters, rounds, threads, checkpoint, profile, int8, calib, pipeline,
-             pipeline_frames, Path(output), Path(work))
+        _run(*args, Path(work))
 
 
 def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
-         checkpoint: str | None, profile: str, int8: str, calib: int, pipeline: bool,
-         pipeline_frames: int, out: Path, work: Path) -> None:
+         checkpoint: str | None, profile: str, int8: str, calib: int, accuracy_images: int,
+         memory_size: str, pipeline: bool, pipeline_frames: int, out: Path,
+         work: Path) -> None:
     import torch
 
     from isdnet_deploy import runtime
@@ -272,6 +338,7 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
     rows: list[list[str]] = []
     per_size: dict[str, tuple[list[MethodResult], dict[str, float]]] = {}
     runs: dict[str, Any] = {}
+    accuracy: list[dict[str, Any]] = []
     for size in size_list:
         label = f"{size[0]}x{size[1]}"
         flops = count_model_flops(model, size)
@@ -287,6 +354,20 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
         rows += _rows(size, results, inter.median_ratio)
         per_size[label] = (results, inter.median_ratio)
         runs[label] = report.to_json(results, inter, None, {"size": list(size), "flops": flops})
+        if "int8" in segmenters and accuracy_images:
+            accuracy.append(_int8_accuracy(segmenters, prof.name, size, accuracy_images))
+            click.echo(f"{label}: INT8 vs FP32 agreement {accuracy[-1]['agreement_vs_fp32']:.4%}",
+                       err=True)
+    memory = None
+    if memory_size.lower() != "none":
+        msize = parse_size(memory_size)
+        methods = [torch_method(model, msize)]
+        methods += [segmenter_method(seg, msize, name=f"onnxruntime {kind}")
+                    for kind, seg in segmenters.items()]
+        memory = [{"name": r.name, "peak_host_mib": r.peak_host_mib,
+                   "source": r.peak_host_source, "seconds": r.total_s}
+                  for r in _memory(methods, msize)]
+        del methods
     pipe = None
     if pipeline:
         size = size_list[-1]
@@ -301,7 +382,8 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
                 f"library-default threads ({os.cpu_count()} cores)",
                 "reference": checkpoint or "random weights", "profile": prof.name,
                 "int8": "int8" in paths, "calibration_images": calib if "int8" in paths else None,
-                "int8_check": int8_check,
+                "int8_check": int8_check, "int8_accuracy": accuracy,
+                "memory_size": memory_size, "memory": memory,
                 "load_start": load_start, "load_end": os.getloadavg()[0],
                 "command": " ".join(sys.argv)}
     markdown = _markdown(rows, machine, settings, pipe)
