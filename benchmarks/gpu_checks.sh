@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 $PY -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.version.cuda,
 '| onnxruntime', o.__version__, o.get_available_providers())" | tee -a "$OUT/gpu.txt"
 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_benchmark_protocol.py \
-    tests/test_benchmark_cli.py 2>&1 | tail -n 25 | tee "$OUT/pytest.txt"
+    tests/test_benchmark_cli.py 2>&1 | tee "$OUT/pytest.txt" | tail -n 25
 for spec in cityscapes:1024x2048 deepglobe:1958x1958 inria:4000x4000; do
     profile=${spec%%:*} size=${spec#*:}
     $PY -m isdnet_deploy benchmark --device cuda --profile "$profile" --size "$size" \
