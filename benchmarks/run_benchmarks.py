@@ -133,10 +133,60 @@ def _int8_accuracy(segmenters: dict[str, Any], profile: str, size: tuple[int, in
             float(np.mean(acc_fp32)), "pixel_accuracy_int8": float(np.mean(acc_int8))}
 
 
-def _memory(methods: list[Any], size: tuple[int, int]) -> list[MethodResult]:
-    """Peak host memory of one forward per method at ``size`` (1 warm-up, 1 timed)."""
-    click.echo(f"{size[0]}x{size[1]}: peak memory, 1 warm-up + 1 forward per method", err=True)
-    return run_protocol(methods, warmup=1, iters=1, rewarm_tries=1, rewarm_tolerance=10.0)
+_MEMORY_CHILD = """
+import json, sys
+kind, path, threads = sys.argv[1], sys.argv[2], sys.argv[5]
+h, w = int(sys.argv[3]), int(sys.argv[4])
+def status_mib(field):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) / 1024.0
+if kind == "torch":
+    import torch
+    from isdnet_deploy.benchmark.methods import random_input
+    from isdnet_deploy.model.checkpoint import build_model, load_model
+    if threads != "-":
+        torch.set_num_threads(int(threads))
+    model = load_model(path) if path != "-" else build_model()
+    x = torch.from_numpy(random_input(h, w))
+    loaded = status_mib("VmRSS")
+    with torch.no_grad():
+        for _ in range(2):
+            model(x)
+else:
+    from isdnet_deploy import runtime
+    from isdnet_deploy.benchmark.methods import protocol_feeds
+    seg = runtime.load(path, scale=False, **({} if threads == "-" else {"threads": int(threads)}))
+    feeds, _ = protocol_feeds(seg, (h, w))
+    loaded = status_mib("VmRSS")
+    for _ in range(2):
+        seg.backend.run(feeds)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
+print(json.dumps({"loaded_mib": loaded, "torch_imported": "torch" in sys.modules,
+                  "peak_mib": status_mib("VmHWM")}))
+"""
+
+
+def _memory(checkpoint: str | None, paths: dict[str, Path], size: tuple[int, int],
+            threads: int | None) -> list[dict[str, Any]]:
+    """Peak RSS of a fresh process that loads one method and runs two forwards at ``size``
+    (its VmHWM): what a deployment needs, free of whatever this process holds."""
+    import json
+    import subprocess
+
+    click.echo(f"{size[0]}x{size[1]}: peak memory, one fresh process per method", err=True)
+    jobs = [("pytorch eager", "torch", checkpoint or "-")]
+    jobs += [(f"onnxruntime {kind}", "onnxruntime", str(paths[kind]))
+             for kind in ("fp32", "int8") if kind in paths]
+    rows = []
+    for name, kind, path in jobs:
+        done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, kind, path, str(size[0]),
+                               str(size[1]), str(threads or "-")],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise click.ClickException(f"memory run of {name} failed: "
+                                       f"{done.stderr.strip().splitlines()[-1:]}")
+        rows.append({"name": name, **json.loads(done.stdout.strip().splitlines()[-1])})
+    return rows
 
 
 def _pipeline_throughput(path: Path, size: tuple[int, int], frames: int,
@@ -224,10 +274,12 @@ def _markdown(rows: list[list[str]], machine: dict, settings: dict,
                   for a in accuracy]
     memory = settings.get("memory")
     if memory:
-        lines += ["", f"Peak host memory of one forward at {settings['memory_size']} "
-                  f"({memory[0]['source']}): "
-                  + ", ".join(f"{m['name']} {m['peak_host_mib']:.0f} MiB" for m in memory)
-                  + "."]
+        lines += ["", f"Peak memory at {settings['memory_size']}, one fresh process per method "
+                  "(load, then two forwards; VmHWM): "
+                  + ", ".join(f"{m['name']} {m['peak_mib']:.0f} MiB (after loading "
+                              f"{m['loaded_mib']:.0f} MiB, "
+                              f"{'torch imported' if m['torch_imported'] else 'no torch'})"
+                              for m in memory) + "."]
     if pipeline:
         lines += ["", f"Prefetch pipeline (external-pyramid artifact, {pipeline['frames']} JPEG "
                   f"frames of {pipeline['size'][0]}x{pipeline['size'][1]}: decode + OpenCV "
@@ -360,14 +412,7 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
                        err=True)
     memory = None
     if memory_size.lower() != "none":
-        msize = parse_size(memory_size)
-        methods = [torch_method(model, msize)]
-        methods += [segmenter_method(seg, msize, name=f"onnxruntime {kind}")
-                    for kind, seg in segmenters.items()]
-        memory = [{"name": r.name, "peak_host_mib": r.peak_host_mib,
-                   "source": r.peak_host_source, "seconds": r.total_s}
-                  for r in _memory(methods, msize)]
-        del methods
+        memory = _memory(checkpoint, paths, parse_size(memory_size), threads)
     pipe = None
     if pipeline:
         size = size_list[-1]
