@@ -328,12 +328,16 @@ def test_int8_reaches_99_percent_on_a_well_conditioned_net(tmp_path) -> None:
     assert report.miou_vs_fp32 >= 0.95
 
 
+def _image_folder(folder: Path, count: int, size: tuple[int, int], seed: int) -> Path:
+    folder.mkdir()
+    for i in range(count):
+        cv2.imwrite(str(folder / f"tile_{i}.png"), synthetic_image(size, seed + i))
+    return folder
+
+
 def test_int8_calibrates_on_a_folder_of_images(tmp_path) -> None:
     src = smooth_standin(tmp_path / "smooth.onnx")
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for i in range(3):
-        cv2.imwrite(str(calib / f"tile_{i}.png"), synthetic_image((300, 280), 100 + i))
+    calib = _image_folder(tmp_path / "calib", 3, (300, 280), 100)
     (calib / "notes.txt").write_text("not an image")
     with warnings.catch_warnings():
         warnings.simplefilter("error", CalibrationWarning)  # real images: no warning
@@ -345,10 +349,7 @@ def test_int8_calibrates_on_a_folder_of_images(tmp_path) -> None:
 
 def test_int8_holds_out_verification_images_from_a_folder(tmp_path) -> None:
     src = smooth_standin(tmp_path / "smooth.onnx")
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for i in range(5):
-        cv2.imwrite(str(calib / f"tile_{i}.png"), synthetic_image((200, 180), 200 + i))
+    calib = _image_folder(tmp_path / "calib", 5, (200, 180), 200)
     report = quantize_int8(src, tmp_path / "out.onnx", calib, num_verify=2, size=(128, 128),
                            progress=False)
     assert report.calibration.startswith("3 image(s)"), report.calibration

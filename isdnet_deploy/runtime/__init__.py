@@ -24,7 +24,7 @@ def load(path: str | Path | None, backend: str = "auto", device: str | None = No
 
     ``device`` defaults to CUDA for engines and the CPU otherwise. ``options`` go to the
     backend (ONNX Runtime: threads, opt_level, tensorrt_ep,
-    trt_cache, trt_fp16, contract).
+    trt_cache, trt_fp16, contract, mem_pattern).
     """
     return Segmenter(open_backend(path, backend, device, **options), scale=scale)
 

@@ -15,7 +15,7 @@ OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def _session_options(threads: int | None, opt_level: str, profile_prefix: str | None,
-                     optimized_path: str | None):
+                     optimized_path: str | None, mem_pattern: bool = False):
     import onnxruntime as ort
 
     if opt_level not in OPT_LEVELS:
@@ -31,6 +31,10 @@ def _session_options(threads: int | None, opt_level: str, profile_prefix: str | 
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    # ONNX Runtime's memory pattern plans one block per input shape for all intermediates.
+    # Measured here at 4000x4000 (fp32 artifact, fresh process): peak 3386 MiB with it,
+    # 2028 MiB without, and the same speed within 1% at 1024 and 1958 (interleaved runs).
+    options.enable_mem_pattern = mem_pattern
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -72,13 +76,14 @@ class OnnxRuntimeBackend(Backend):
                  opt_level: str = "all", tensorrt_ep: bool = False,
                  trt_cache: str | None = None, trt_fp16: bool = False,
                  contract: Contract | None = None, profile_prefix: str | None = None,
-                 optimized_path: str | None = None) -> None:
+                 optimized_path: str | None = None, mem_pattern: bool = False) -> None:
         import onnxruntime as ort
 
         self.path = str(path)
         self.device = device
         providers = _providers(device, tensorrt_ep, trt_cache, trt_fp16)
-        options = _session_options(threads, opt_level, profile_prefix, optimized_path)
+        options = _session_options(threads, opt_level, profile_prefix, optimized_path,
+                                   mem_pattern)
         try:
             self.session = ort.InferenceSession(self.path, options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/NoSuchFile types
