@@ -13,7 +13,7 @@ import torch
 from isdnet_deploy import runtime
 from isdnet_deploy.benchmark.methods import measure_peak_gflops, torch_method
 from isdnet_deploy.benchmark.protocol import run_protocol
-from isdnet_deploy.metrics.parity import logit_parity
+from isdnet_deploy.metrics.parity import decided_agreement, logit_parity
 from isdnet_deploy.model.checkpoint import build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -30,14 +30,6 @@ def exact_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _decided_agreement(ref: np.ndarray, cand: np.ndarray, tol: float) -> tuple[float, int]:
-    """Label agreement on pixels whose top-2 logit margin exceeds 2*tol, and their count."""
-    top2 = np.sort(ref, axis=1)[:, -2:]
-    decided = (top2[:, 1] - top2[:, 0]) > 2 * tol
-    same = ref.argmax(1) == cand.argmax(1)
-    return float(same[decided].mean()), int(decided.sum())
-
-
 @pytest.mark.parametrize("size", [(258, 202), (1002, 762)])
 def test_reference_on_cuda_matches_cpu(exact_fp32, size):
     model = build_model(7)
@@ -50,7 +42,7 @@ def test_reference_on_cuda_matches_cpu(exact_fp32, size):
     # Summation order differs between CPU and cuDNN kernels; fp32 noise through ~60
     # layers stays within 20x the export tolerance, and no decided pixel may change.
     assert parity["max_abs_diff"] <= 20 * tol, parity
-    agreement, decided = _decided_agreement(ref, got, 20 * tol)
+    agreement, decided = decided_agreement(ref, got, 20 * tol)
     assert decided > 0.9 * ref.shape[2] * ref.shape[3]
     assert agreement == 1.0
 

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from isdnet_deploy.errors import IsdnetError
-from isdnet_deploy.metrics.parity import disagreement_heatmap, label_agreement, logit_parity
+from isdnet_deploy.metrics.parity import (
+    decided_agreement,
+    disagreement_heatmap,
+    label_agreement,
+    logit_parity,
+)
 from isdnet_deploy.metrics.segmentation import (
     DEFINITIONS,
     ConfusionAccumulator,
@@ -240,3 +245,16 @@ def test_disagreement_heatmap(tmp_path):
     with pytest.raises(IsdnetError, match="background"):
         disagreement_heatmap(ref, cand, tmp_path / "bad.png", image=image[:10])
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_decided_agreement_ignores_pixels_tied_within_tolerance():
+    ref = np.zeros((1, 2, 1, 3), np.float32)
+    ref[0, :, 0, 0] = (0.0, 1.0)     # decided for class 1
+    ref[0, :, 0, 1] = (0.0, 0.001)   # tied within 2 * 0.01
+    ref[0, :, 0, 2] = (2.0, 0.0)     # decided for class 0
+    agreement, count = decided_agreement(ref, np.array([[1, 0, 0]]), tolerance=0.01)
+    assert (agreement, count) == (1.0, 2)  # the tied pixel may go either way
+    agreement, count = decided_agreement(ref, np.array([[1, 1, 1]]), tolerance=0.01)
+    assert (agreement, count) == (0.5, 2)
+    # Candidate logits are accepted too, and no decided pixel means full agreement.
+    assert decided_agreement(ref, ref, tolerance=10.0) == (1.0, 0)

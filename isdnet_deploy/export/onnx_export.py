@@ -33,6 +33,7 @@ from ..contract import (
 )
 from ..errors import IsdnetError, missing
 from ..fileio import atomic_output
+from ..metrics.parity import decided_agreement
 from ..profiles import MIN_SIZE, get_profile, profile_for_classes
 from .graph import DeployGraph
 
@@ -217,15 +218,12 @@ def verify_onnx(path: str | Path, model: torch.nn.Module, contract: Contract,
         diff = np.abs(result - reference)
         max_diff, mean_diff = float(diff.max()), float(diff.mean())
         close = max_diff <= tolerance
-    top2 = np.sort(reference[0], axis=0)[-2:]
-    decided = (top2[1] - top2[0]) > 2 * tolerance
-    same = labels == ref_labels
-    agreement = float(same.mean())
-    decided_agreement = float(same[decided].mean()) if decided.any() else 1.0
+    agreement = float((labels == ref_labels).mean())
+    decided, _ = decided_agreement(reference, labels.reshape(ref_labels.shape), tolerance)
     return Parity(size=tuple(size), max_abs_diff=max_diff, mean_abs_diff=mean_diff,
-                  argmax_agreement=agreement, decided_agreement=decided_agreement,
+                  argmax_agreement=agreement, decided_agreement=decided,
                   tolerance=tolerance, atol=atol, rtol=rtol, min_agreement=min_agreement,
-                  passed=close and decided_agreement >= min_agreement,
+                  passed=close and decided >= min_agreement,
                   ort_seconds=ort_seconds, torch_seconds=torch_seconds)
 
 

@@ -69,6 +69,22 @@ def logit_parity(ref_logits: np.ndarray, cand_logits: np.ndarray) -> dict[str, A
     }
 
 
+def decided_agreement(ref_logits: np.ndarray, cand_labels: np.ndarray,
+                      tolerance: float) -> tuple[float, int]:
+    """Label agreement on *decided* pixels, those whose reference top-2 logit margin exceeds
+    ``2 * tolerance`` (pixels tied within float noise may go either way), and their count.
+
+    ``ref_logits`` is (1,)C x H x W; ``cand_labels`` is H x W labels or candidate logits.
+    With no decided pixel the agreement is 1.0.
+    """
+    ref = _logits(ref_logits, "reference")
+    top2 = np.sort(ref, axis=0)[-2:]
+    decided = (top2[1] - top2[0]) > 2 * tolerance
+    same = _labels(cand_labels, "candidate") == ref.argmax(axis=0)
+    count = int(decided.sum())
+    return (float(same[decided].mean()) if count else 1.0), count
+
+
 def label_agreement(ref_labels: np.ndarray, cand_labels: np.ndarray,
                     num_classes: int) -> dict[str, Any]:
     """Fraction of pixels with the same label, and mIoU of candidate against reference.
