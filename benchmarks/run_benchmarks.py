@@ -135,11 +135,11 @@ def _int8_accuracy(segmenters: dict[str, Any], profile: str, size: tuple[int, in
 
 _MEMORY_CHILD = """
 import json, sys
+from isdnet_deploy.benchmark.protocol import process_memory_kib
 kind, path, threads = sys.argv[1], sys.argv[2], sys.argv[5]
 h, w = int(sys.argv[3]), int(sys.argv[4])
 def status_mib(field):
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) / 1024.0
+    return process_memory_kib(field)[field] / 1024.0
 if kind == "torch":
     import torch
     from isdnet_deploy.benchmark.methods import random_input

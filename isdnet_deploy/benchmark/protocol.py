@@ -131,7 +131,8 @@ def latency_stats(latencies: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _status_kib(*fields: str) -> dict[str, int]:
+def process_memory_kib(*fields: str) -> dict[str, int]:
+    """Fields of /proc/self/status in KiB (e.g. "VmRSS", "VmHWM"); empty where unreadable."""
     found: dict[str, int] = {}
     try:
         with open(_STATUS) as f:
@@ -155,7 +156,7 @@ def _reset_host_peak() -> bool:
             f.write("5")
     except OSError:
         return False
-    status = _status_kib("VmHWM", "VmRSS")
+    status = process_memory_kib("VmHWM", "VmRSS")
     if len(status) < 2:
         return False
     return status["VmHWM"] - status["VmRSS"] <= 4096  # KiB: pages touched since the write
@@ -163,7 +164,7 @@ def _reset_host_peak() -> bool:
 
 def _read_host_peak_mib(reset_ok: bool) -> tuple[float | None, str]:
     if reset_ok:
-        hwm = _status_kib("VmHWM").get("VmHWM")
+        hwm = process_memory_kib("VmHWM").get("VmHWM")
         if hwm is not None:
             return hwm / 1024.0, SOURCE_VMHWM
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
