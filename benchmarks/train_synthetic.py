@@ -27,20 +27,22 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from isdnet_deploy.contract import Contract
 from isdnet_deploy.data.samples import synthetic_pair
 from isdnet_deploy.fileio import atomic_output
 from isdnet_deploy.metrics.segmentation import ConfusionAccumulator, scores
 from isdnet_deploy.model.checkpoint import build_model
 from isdnet_deploy.profiles import get_profile
+from isdnet_deploy.runtime.preprocess import normalise
+from isdnet_deploy.runtime.torch_backend import reference_contract
 
 # Held-out images use seeds from a range the training pool never draws from.
 VAL_SEED = 10_000
 
 
-def normalise(images: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
-    """N x H x W x 3 uint8 RGB -> N x 3 x H x W float, the profile's normalisation."""
-    x = torch.from_numpy(images).float().permute(0, 3, 1, 2)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+def to_input(images: np.ndarray, contract: Contract) -> torch.Tensor:
+    """N x H x W x 3 uint8 RGB -> N x 3 x H x W float, normalised as at inference."""
+    return torch.from_numpy(normalise(images, contract)).permute(0, 3, 1, 2).contiguous()
 
 
 def make_pool(profile: str, count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,11 +72,12 @@ def random_batch(images: np.ndarray, labels: np.ndarray, batch: int, crop: int,
 def evaluate(model: torch.nn.Module, profile: str, count: int, size: int,
              device: str) -> dict:
     spec = get_profile(profile)
+    contract = reference_contract(spec.num_classes, profile=profile)
     confusion = ConfusionAccumulator(spec.num_classes, ignore_index=None)
     model.eval()
     for i in range(count):
         image, labels = synthetic_pair(profile, size, size, [VAL_SEED, i])
-        x = normalise(image[None], spec.mean, spec.std).to(device)
+        x = to_input(image[None], contract).to(device)
         pred = model(x).argmax(1)[0].cpu().numpy()
         confusion.update(pred, labels)
     result = scores(confusion.matrix, list(spec.classes))
@@ -100,6 +103,7 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = get_profile(args.profile)
+    contract = reference_contract(spec.num_classes, profile=args.profile)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     images, labels = make_pool(args.profile, args.pool, args.pool_size, args.seed)
@@ -112,7 +116,7 @@ def main() -> None:
     bar = tqdm(range(args.steps), desc="training", unit="step")
     for _ in bar:
         x, y = random_batch(images, labels, args.batch, args.crop, rng)
-        inputs = normalise(x, spec.mean, spec.std).to(args.device)
+        inputs = to_input(x, contract).to(args.device)
         target = torch.from_numpy(y).long().to(args.device)
         loss = F.cross_entropy(model(inputs), target)
         optimiser.zero_grad(set_to_none=True)
