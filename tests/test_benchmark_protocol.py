@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -167,8 +168,15 @@ def test_host_peak_is_per_method_on_linux():
         pytest.skip("needs a writable /proc/self/clear_refs (Linux) to reset the peak RSS")
     if not _reset_host_peak():
         pytest.skip("this kernel accepts /proc/self/clear_refs but does not reset VmHWM")
-    blobs = []
-    big = Method("big", lambda: blobs.append(np.ones(64 * 2**20 // 8)) or blobs.clear())
+    def touch_64_mib() -> None:
+        # A fresh anonymous mapping always brings new resident pages; a malloc'd array can
+        # be served from free heap pages that are resident already (after other tests
+        # freed memory), and then no method's peak moves.
+        with mmap.mmap(-1, 64 * 2**20) as block:
+            for offset in range(0, len(block), mmap.PAGESIZE):
+                block[offset] = 1
+
+    big = Method("big", touch_64_mib)
     small = Method("small", lambda: None)
     r_big, r_small = run_protocol([big, small], warmup=0, iters=1, rewarm_tries=1,
                                   rewarm_tolerance=100.0, progress=False)

@@ -311,8 +311,8 @@ def test_int8_pyramid_can_be_quantized_when_asked(exported, tmp_path) -> None:
                                size=(96, 96), target="cpu", keep_pyramid_float=False,
                                progress=False)
     assert not any("/lap_pyramid/" in n for n in report.excluded_nodes)
-    inits = _initializers(onnx.load(str(dst)))
     proto = onnx.load(str(dst))
+    inits = _initializers(proto)
     pyramid_convs = [n for n in proto.graph.node if "/lap_pyramid/" in n.name
                      and n.op_type == "Conv"]
     assert pyramid_convs and not all(n.input[1] in inits and inits[n.input[1]].data_type
