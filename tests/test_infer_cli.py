@@ -170,16 +170,16 @@ class PerPixel(Backend):
 
     def __init__(self, output_kind="logits", fixed=None, extra=None):
         h, w = fixed or ("height", "width")
-        kind = "logits" if output_kind == "logits" else "labels"
-        self.contract = Contract(
-            inputs=[TensorSpec("image", "float32", "NCHW", [1, 3, h, w])],
-            outputs=[TensorSpec(kind, "float32", "NCHW", [1, 7, h, w])],
+        output = (TensorSpec("logits", "float32", "NCHW", [1, 7, h, w])
+                  if output_kind == "logits" else TensorSpec("labels", "uint8", "HW", [h, w]))
+        super().__init__(Contract(
+            inputs=[TensorSpec("image", "float32", "NCHW", [1, 3, h, w])], outputs=[output],
             output_kind=output_kind, dynamic=fixed is None,
             fixed_size=list(fixed) if fixed else None, classes=list(DEEPGLOBE.classes),
-            palette=[list(c) for c in DEEPGLOBE.palette], test_scale=1.0, extra=extra or {})
+            palette=[list(c) for c in DEEPGLOBE.palette], test_scale=1.0, extra=extra or {}))
         self.shapes = []
 
-    def run(self, feeds, out=None):
+    def _run(self, feeds, out):
         x = feeds["image"][0]
         self.shapes.append(tuple(x.shape[1:]))
         logits = np.einsum("kc,chw->khw", WEIGHTS, x)[None].astype(np.float32)

@@ -229,7 +229,7 @@ def image(h: int = 128, w: int = 96, seed: int = 0) -> np.ndarray:
 # --- running -------------------------------------------------------------------------------
 
 def test_host_input_host_output(backend, cudart) -> None:
-    assert isinstance(backend, Backend) and backend.device == "cuda:0"
+    assert isinstance(backend, Backend) and str(backend.device) == "cuda:0"
     x = image()
     out = backend.run({"image": x})
     np.testing.assert_allclose(out["logits"], expected_logits(x), rtol=1e-6)
@@ -291,13 +291,13 @@ def test_size_outside_the_profile_names_the_range(backend, size) -> None:
 
 
 def test_bad_feeds_and_buffers_are_refused(backend) -> None:
-    with pytest.raises(IsdnetError, match="is float64, the engine takes float32"):
+    with pytest.raises(IsdnetError, match="is float64, the artifact takes float32"):
         backend.run({"image": image().astype(np.float64)})
     with pytest.raises(IsdnetError, match="missing input 'image'"):
         backend.run({"img": image()})
     with pytest.raises(IsdnetError, match="no output named 'labels'"):
         backend.run({"image": image()}, out={"labels": np.zeros((128, 96), np.uint8)})
-    with pytest.raises(IsdnetError, match="output buffer 'logits'"):
+    with pytest.raises(IsdnetError, match="out buffer 'logits'"):
         backend.run({"image": image()}, out={"logits": np.zeros((1, 7, 64, 64), np.float32)})
     strided = DeviceBuffer(image(), strides=(3 * 128 * 96 * 8, 128 * 96 * 8, 96 * 8, 8))
     with pytest.raises(IsdnetError, match="not C-contiguous"):

@@ -80,7 +80,7 @@ def method_name(segmenter: Segmenter, include_pyramid: bool = False) -> str:
     if backend.name == "torch":
         return f"torch backend {contract.precision}"
     name = f"{backend.name} {contract.precision}"
-    if backend.device != "cpu" and backend.name == "onnxruntime":
+    if backend.device.is_cuda and backend.name == "onnxruntime":
         name += f" {backend.device}"
     if contract.pyramid == "external":
         name += " (+OpenCV pyramid)" if include_pyramid else " (pyramid outside)"
@@ -103,7 +103,7 @@ def segmenter_method(segmenter: Segmenter, size: tuple[int, int], *, name: str |
         def forward() -> object:
             return backend.run(feeds)
     return Method(name=name or method_name(segmenter, include_pyramid), forward=forward,
-                  synchronize=backend.synchronize, device=backend.device, flops=flops,
+                  synchronize=backend.synchronize, device=backend.device.kind, flops=flops,
                   cuda_peak_memory=backend.peak_device_memory,
                   cuda_reset_peak=backend.reset_peak_device_memory)
 

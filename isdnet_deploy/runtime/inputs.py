@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,3 +55,87 @@ def classify_image(array: np.ndarray) -> str:
                           f"convert it to 3-channel RGB first")
     raise IsdnetError(f"unsupported image: shape {array.shape}, dtype {array.dtype}; pass "
                       f"HxWx3 uint8 RGB/BGR or a normalised 1x3xHxW float array")
+
+
+# --- device arrays (CUDA Array Interface, DLPack) ---------------------------------------
+
+_DLPACK_CUDA = 2  # DLDeviceType kDLCUDA
+_DLPACK_CUDA_MANAGED = 13
+
+
+# --- device arrays --------------------------------------------------------------------------
+
+@dataclass
+class DeviceArray:
+    """Pointer, shape and dtype of a caller's device buffer (kept alive via ``owner``)."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    owner: Any
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int), ("device_id", ctypes.c_int)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+_DL_KINDS = {0: "i", 1: "u", 2: "f", 6: "b"}  # kDLInt, kDLUInt, kDLFloat, kDLBool
+
+
+def _contiguous(shape: tuple[int, ...], strides: tuple[int, ...] | None, itemsize: int) -> bool:
+    if strides is None:
+        return True
+    expected = itemsize
+    for dim, stride in zip(reversed(shape), reversed(strides), strict=True):
+        if dim > 1 and stride != expected:
+            return False
+        expected *= dim
+    return True
+
+
+def _from_dlpack(obj: Any) -> DeviceArray:
+    """Read a DLPack capsule's DLTensor without consuming it (its deleter still runs)."""
+    capsule = obj.__dlpack__()
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object,
+                                                                  ctypes.c_char_p]
+    tensor = _DLTensor.from_address(get_pointer(capsule, b"dltensor"))  # DLTensor comes first
+    shape = tuple(tensor.shape[i] for i in range(tensor.ndim))
+    kind = _DL_KINDS.get(tensor.dtype.code)
+    if kind is None or tensor.dtype.lanes != 1:
+        raise IsdnetError("DLPack input has an unsupported dtype; pass float32/float16/uint8")
+    dtype = np.dtype(f"{kind}{tensor.dtype.bits // 8}") if kind != "b" else np.dtype(bool)
+    strides = (None if not tensor.strides else
+               tuple(tensor.strides[i] * dtype.itemsize for i in range(tensor.ndim)))
+    if not _contiguous(shape, strides, dtype.itemsize):
+        raise IsdnetError("DLPack input is not contiguous; make it contiguous first")
+    return DeviceArray(int(tensor.data or 0) + int(tensor.byte_offset), shape, dtype,
+                       (obj, capsule))
+
+
+def as_device_array(obj: Any) -> DeviceArray | None:
+    """The device buffer behind ``obj``, or None when it is a host array."""
+    iface = getattr(obj, "__cuda_array_interface__", None)
+    if iface is not None:
+        shape = tuple(int(d) for d in iface["shape"])
+        dtype = np.dtype(iface["typestr"])
+        strides = iface.get("strides")
+        if not _contiguous(shape, tuple(strides) if strides else None, dtype.itemsize):
+            raise IsdnetError("device input is not C-contiguous; make it contiguous first")
+        return DeviceArray(int(iface["data"][0]), shape, dtype, obj)
+    device = getattr(obj, "__dlpack_device__", None)
+    if device is not None and not isinstance(obj, np.ndarray):
+        kind = int(device()[0])
+        if kind in (_DLPACK_CUDA, _DLPACK_CUDA_MANAGED):
+            return _from_dlpack(obj)
+    return None

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..contract import METADATA_KEY, Contract
 from ..errors import IsdnetError, missing
-from .backend import Backend
+from .backend import Backend, Device
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -43,15 +43,13 @@ def _session_options(threads: int | None, opt_level: str, profile_prefix: str | 
     return options
 
 
-def _providers(device: str, tensorrt_ep: bool, trt_cache: str | None, trt_fp16: bool
+def _providers(device: Device, tensorrt_ep: bool, trt_cache: str | None, trt_fp16: bool
                ) -> list:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if device == "cpu":
+    if not device.is_cuda:
         return ["CPUExecutionProvider"]
-    if device != "cuda":
-        raise IsdnetError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
     if "CUDAExecutionProvider" not in available:
         raise missing("onnxruntime-gpu", "gpu",
                       why="the installed onnxruntime has no CUDA execution provider")
@@ -60,12 +58,12 @@ def _providers(device: str, tensorrt_ep: bool, trt_cache: str | None, trt_fp16: 
         if "TensorrtExecutionProvider" not in available:
             raise missing("tensorrt", "tensorrt",
                           why="onnxruntime has no TensorRT execution provider here")
-        trt_options = {"trt_fp16_enable": trt_fp16}
+        trt_options = {"device_id": device.index, "trt_fp16_enable": trt_fp16}
         if trt_cache:
             trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=trt_cache,
                                trt_timing_cache_enable=True)
         providers.append(("TensorrtExecutionProvider", trt_options))
-    providers += ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers += [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
     return providers
 
 
@@ -80,7 +78,7 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         self.path = str(path)
-        self.device = device
+        device = Device.parse(device)
         providers = _providers(device, tensorrt_ep, trt_cache, trt_fp16)
         options = _session_options(threads, opt_level, profile_prefix, optimized_path,
                                    mem_pattern)
@@ -90,7 +88,7 @@ class OnnxRuntimeBackend(Backend):
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise IsdnetError(f"{self.path} could not be opened by ONNX Runtime: the file is "
                               f"truncated, corrupt or not ONNX ({text[:160]})") from None
-        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+        if device.is_cuda and "CUDAExecutionProvider" not in self.session.get_providers():
             raise IsdnetError("ONNX Runtime could not use the CUDA provider (no CUDA GPU or "
                               "driver found); use device='cpu'")
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -101,12 +99,10 @@ class OnnxRuntimeBackend(Backend):
                     f"by isdnet-deploy); export it with 'isdnet-deploy export' or pass "
                     f"contract=Contract(...) to describe its inputs")
             contract = Contract.from_json(meta[METADATA_KEY])
-        self.contract = contract
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        super().__init__(contract, device)
 
-    def run(self, feeds: Mapping[str, np.ndarray],
-            out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray],
+             out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not out:
             results = self.session.run(self.output_names, dict(feeds))
             return dict(zip(self.output_names, results, strict=True))
@@ -116,8 +112,6 @@ class OnnxRuntimeBackend(Backend):
         for name in self.output_names:
             if name in out:
                 buffer = out[name]
-                if not buffer.flags.c_contiguous:
-                    raise IsdnetError(f"out buffer for {name!r} must be C-contiguous")
                 binding.bind_output(name, "cpu", element_type=buffer.dtype,
                                     shape=buffer.shape, buffer_ptr=buffer.ctypes.data)
             else:
@@ -131,5 +125,5 @@ class OnnxRuntimeBackend(Backend):
     def end_profiling(self) -> str:
         return self.session.end_profiling()
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self.session = None

@@ -65,7 +65,7 @@ class Segmenter:
     def predict(self, image: Any, color: str = "rgb", out: np.ndarray | None = None
                 ) -> np.ndarray:
         """HxW class ids at the input image's size; fills ``out`` when given."""
-        if is_cuda_array(image) and getattr(self.backend, "device", "cpu") == "cuda":
+        if is_cuda_array(image) and self.backend.device.is_cuda:
             return self._predict_device(image, out)
         feeds, size = self.feeds(image, color)
         return self.finish(self.backend.run(feeds), size, out)
@@ -81,8 +81,9 @@ class Segmenter:
     def _predict_device(self, image: Any, out: np.ndarray | None) -> np.ndarray:
         """Device-resident input goes to the engine as is (zero-copy): it must already be
         in the artifact's input form, at the artifact's size."""
-        outputs = self.backend.run({"image": image})
-        h_axis, w_axis = (1, 2) if self.contract.inputs[0].layout == "NHWC" else (2, 3)
+        info = self.backend.inputs[0]
+        outputs = self.backend.run({info.name: image})
+        h_axis, w_axis = info.spatial_axes() or (2, 3)
         size = (int(image.shape[h_axis]), int(image.shape[w_axis]))
         return self.finish(outputs, size, out)
 

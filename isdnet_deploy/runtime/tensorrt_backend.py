@@ -38,90 +38,9 @@ from ..engine.sidecar import (
 )
 from ..errors import IsdnetError
 from .backend import Backend
+from .inputs import as_device_array
 
 log = logging.getLogger(__name__)
-
-_DLPACK_CUDA = 2  # DLDeviceType kDLCUDA
-_DLPACK_CUDA_MANAGED = 13
-
-
-# --- device arrays --------------------------------------------------------------------------
-
-@dataclass
-class DeviceArray:
-    """Pointer, shape and dtype of a caller's device buffer (kept alive via ``owner``)."""
-
-    ptr: int
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    owner: Any
-
-
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int), ("device_id", ctypes.c_int)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int),
-                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
-
-
-_DL_KINDS = {0: "i", 1: "u", 2: "f", 6: "b"}  # kDLInt, kDLUInt, kDLFloat, kDLBool
-
-
-def _contiguous(shape: tuple[int, ...], strides: tuple[int, ...] | None, itemsize: int) -> bool:
-    if strides is None:
-        return True
-    expected = itemsize
-    for dim, stride in zip(reversed(shape), reversed(strides), strict=True):
-        if dim > 1 and stride != expected:
-            return False
-        expected *= dim
-    return True
-
-
-def _from_dlpack(obj: Any) -> DeviceArray:
-    """Read a DLPack capsule's DLTensor without consuming it (its deleter still runs)."""
-    capsule = obj.__dlpack__()
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object,
-                                                                  ctypes.c_char_p]
-    tensor = _DLTensor.from_address(get_pointer(capsule, b"dltensor"))  # DLTensor comes first
-    shape = tuple(tensor.shape[i] for i in range(tensor.ndim))
-    kind = _DL_KINDS.get(tensor.dtype.code)
-    if kind is None or tensor.dtype.lanes != 1:
-        raise IsdnetError("DLPack input has an unsupported dtype; pass float32/float16/uint8")
-    dtype = np.dtype(f"{kind}{tensor.dtype.bits // 8}") if kind != "b" else np.dtype(bool)
-    strides = (None if not tensor.strides else
-               tuple(tensor.strides[i] * dtype.itemsize for i in range(tensor.ndim)))
-    if not _contiguous(shape, strides, dtype.itemsize):
-        raise IsdnetError("DLPack input is not contiguous; make it contiguous first")
-    return DeviceArray(int(tensor.data or 0) + int(tensor.byte_offset), shape, dtype,
-                       (obj, capsule))
-
-
-def as_device_array(obj: Any) -> DeviceArray | None:
-    """The device buffer behind ``obj``, or None when it is a host array."""
-    iface = getattr(obj, "__cuda_array_interface__", None)
-    if iface is not None:
-        shape = tuple(int(d) for d in iface["shape"])
-        dtype = np.dtype(iface["typestr"])
-        strides = iface.get("strides")
-        if not _contiguous(shape, tuple(strides) if strides else None, dtype.itemsize):
-            raise IsdnetError("device input is not C-contiguous; make it contiguous first")
-        return DeviceArray(int(iface["data"][0]), shape, dtype, obj)
-    device = getattr(obj, "__dlpack_device__", None)
-    if device is not None and not isinstance(obj, np.ndarray):
-        kind = int(device()[0])
-        if kind in (_DLPACK_CUDA, _DLPACK_CUDA_MANAGED):
-            return _from_dlpack(obj)
-    return None
-
 
 def check_in_profile(name: str, layout: str, shape: tuple[int, ...], low: tuple[int, ...],
                      high: tuple[int, ...]) -> None:
@@ -185,11 +104,8 @@ class TensorRTBackend(Backend):
                  trt_module: ModuleType | None = None,
                  cudart_module: ModuleType | None = None) -> None:
         self.path = Path(path)
-        self._closed = True
         self.sidecar: EngineSidecar = read_sidecar(self.path)
-        self.contract = self.sidecar.contract
         index = trt_compat.parse_device(device)
-        self.device = f"cuda:{index}"
         trt = trt_module or trt_compat.import_tensorrt()
         cudart = cudart_module or trt_compat.import_cudart()
         gpu = trt_compat.gpu_info(cudart, index)
@@ -215,16 +131,17 @@ class TensorRTBackend(Backend):
                               f"{self.path} (out of GPU memory?)")
         self._stream = self._cuda.call("cudaStreamCreate")
         self._stream_handle = int(self._stream)
-        self._closed = False
         self._pending_h2d = False
         self._tensors: dict[str, _Tensor] = {}
         self._allocate()
+        super().__init__(self.sidecar.contract, f"cuda:{index}")
 
     # --- setup -------------------------------------------------------------------------
 
     def _io_tensors(self) -> dict[str, _Tensor]:
         trt, engine = self._trt, self._engine
-        specs = {s.name: s for s in [*self.contract.inputs, *self.contract.outputs]}
+        contract = self.sidecar.contract
+        specs = {s.name: s for s in [*contract.inputs, *contract.outputs]}
         tensors = {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
@@ -234,7 +151,7 @@ class TensorRTBackend(Backend):
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             tensors[name] = _Tensor(name, is_input, dtype, specs[name].layout)
-        absent = [s.name for s in self.contract.inputs if s.name not in tensors]
+        absent = [s.name for s in contract.inputs if s.name not in tensors]
         if absent:
             raise IsdnetError(f"{self.path} lacks input {absent[0]!r} named in its sidecar; "
                               f"{rebuild_hint(self.sidecar, self.path)}")
@@ -261,14 +178,6 @@ class TensorRTBackend(Backend):
             t.host_ptr, t.host = self._cuda.malloc_host(t.nbytes)
 
     # --- running -----------------------------------------------------------------------
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self._tensors.values() if t.is_input]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self._tensors.values() if not t.is_input]
 
     def profile_range(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         t = self._tensors[name]
@@ -297,21 +206,9 @@ class TensorRTBackend(Backend):
             ptr = t.device_ptr
         self._context.set_tensor_address(t.name, ptr)
 
-    def run(self, feeds: Mapping[str, Any],
-            out: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        if self._closed:
-            raise IsdnetError("this TensorRT backend is closed; open the engine again")
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise IsdnetError(f"missing input {missing[0]!r}; the engine takes "
-                              f"{', '.join(self.input_names)}")
+    def _run(self, feeds: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
         for name in self.input_names:
             self._bind_input(self._tensors[name], feeds[name])
-        out = dict(out or {})
-        unknown = [n for n in out if n not in self.output_names]
-        if unknown:
-            raise IsdnetError(f"no output named {unknown[0]!r}; the engine has "
-                              f"{', '.join(self.output_names)}")
         results: dict[str, Any] = {}
         to_host: list[tuple[_Tensor, tuple[int, ...], np.ndarray | None]] = []
         for name in self.output_names:
@@ -352,15 +249,12 @@ class TensorRTBackend(Backend):
         return results
 
     def synchronize(self) -> None:
-        if not self._closed:
+        if not self.closed:
             self._cuda.call("cudaStreamSynchronize", self._stream)
             self._pending_h2d = False
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self.synchronize()
-        self._closed = True
+    def _close(self) -> None:
+        self._cuda.call("cudaStreamSynchronize", self._stream)
         for t in self._tensors.values():
             if t.device_ptr:
                 self._cuda.call("cudaFree", t.device_ptr)
@@ -373,7 +267,7 @@ class TensorRTBackend(Backend):
         self._cuda.call("cudaStreamDestroy", self._stream)
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
+        if not self.closed:
             try:
                 self.close()
             except Exception:  # interpreter shutdown: CUDA may already be gone

@@ -10,7 +10,7 @@ import numpy as np
 from ..contract import Contract, TensorSpec
 from ..errors import IsdnetError, missing
 from ..profiles import MIN_SIZE, profile_for_classes
-from .backend import Backend
+from .backend import Backend, Device
 
 
 def reference_contract(num_classes: int, checkpoint_sha256: str | None = None,
@@ -40,44 +40,46 @@ class TorchBackend(Backend):
             raise missing("torch", why="needed for the PyTorch reference backend") from None
         from ..model.checkpoint import build_model, load_model
 
-        if device == "cuda" and not torch.cuda.is_available():
+        device = Device.parse(device)
+        if device.is_cuda and not torch.cuda.is_available():
             raise IsdnetError("device 'cuda' asked for, but torch sees no CUDA GPU; use "
                               "device='cpu'")
-        if device not in ("cpu", "cuda"):
-            raise IsdnetError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
         if model is None:
             model = load_model(checkpoint) if checkpoint else build_model()
-        self.model = model.to(device).eval()
-        self.device = device
-        self.contract = reference_contract(model.num_classes,
-                                           getattr(model, "checkpoint_sha256", None), profile)
+        self.torch_device = torch.device(str(device))
+        self.model = model.to(self.torch_device).eval()
+        super().__init__(reference_contract(model.num_classes,
+                                            getattr(model, "checkpoint_sha256", None), profile),
+                         device)
 
-    def run(self, feeds: Mapping[str, np.ndarray],
-            out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray],
+             out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
         image = feeds["image"]
         tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(image)
         with torch.inference_mode():
-            logits = self.model(tensor.to(self.device))
+            logits = self.model(tensor.to(self.torch_device))
         result = logits.cpu().numpy()
-        if out and "logits" in out:
+        if "logits" in out:
             np.copyto(out["logits"], result)
             result = out["logits"]
         return {"logits": result}
 
     def synchronize(self) -> None:
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
+        if self.device.is_cuda:
+            self.torch.cuda.synchronize(self.torch_device)
 
     def reset_peak_device_memory(self) -> None:
-        if self.device == "cuda":
-            self.torch.cuda.reset_peak_memory_stats()
+        if self.device.is_cuda:
+            self.torch.cuda.reset_peak_memory_stats(self.torch_device)
 
     def peak_device_memory(self) -> int | None:
-        return self.torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+        if not self.device.is_cuda:
+            return None
+        return self.torch.cuda.max_memory_allocated(self.torch_device)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self.model = None
