@@ -29,7 +29,7 @@ from isdnet_deploy import runtime
 from isdnet_deploy.data.images import read_image
 from isdnet_deploy.data.samples import generate_sample_set
 from isdnet_deploy.metrics.parity import label_agreement, logit_parity
-from isdnet_deploy.runtime.batch import Predictor
+from isdnet_deploy.runtime.predictor import Predictor
 from isdnet_deploy.runtime.tiling import plan_tiles, tiled_logits
 
 

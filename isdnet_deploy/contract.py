@@ -62,6 +62,17 @@ class Contract:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def display_palette(self) -> list[list[int]]:
+        """An RGB colour per class: the contract's palette, then distinct generated colours
+        for classes it names none for."""
+        import colorsys
+
+        palette = [list(colour) for colour in self.palette][:self.num_classes]
+        for k in range(len(palette), self.num_classes):
+            r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.75, 0.95)
+            palette.append([round(255 * r), round(255 * g), round(255 * b)])
+        return palette
+
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:
             if spec.name == name:

@@ -48,3 +48,35 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes,
     with atomic_output(path, make_parents) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def check_writable_dir(folder: str | os.PathLike[str]) -> Path:
+    """Fail now, not after a long run, when files cannot be created in ``folder``.
+
+    Tried for real (a temporary file is created and removed): permission bits alone do not
+    tell, e.g. for root, read-only mounts or ACLs.
+    """
+    folder = Path(folder) if str(folder) else Path(".")
+    if not folder.is_dir():
+        raise IsdnetError(f"output directory {folder} does not exist; create it first")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".isdnet-write-test.", dir=folder)
+    except OSError as exc:
+        raise IsdnetError(f"output directory {folder} is not writable ({exc.strerror}); "
+                          "choose another output location") from None
+    os.close(fd)
+    os.unlink(probe)
+    return folder
+
+
+def check_output_path(path: str | os.PathLike[str], suffix: str | None = None) -> Path:
+    """An output file's path, checked before any work: its suffix (when one is required),
+    no directory in its place, and a folder that exists and takes new files."""
+    target = Path(path)
+    if suffix is not None and target.suffix.lower() != suffix:
+        raise IsdnetError(f"output {target} should end with {suffix}")
+    if target.is_dir():
+        raise IsdnetError(f"output {target} is a directory; give a file name"
+                          + (f" ending in {suffix}" if suffix else ""))
+    check_writable_dir(target.parent)
+    return target

@@ -1,4 +1,4 @@
-"""``isdnet-deploy infer`` and the batch/tiling logic behind it (runtime.batch)."""
+"""``isdnet-deploy infer`` and the batch/tiling logic behind it (apps.infer, runtime.predictor)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from isdnet_deploy import runtime
+from isdnet_deploy.apps.infer import is_geotiff
 from isdnet_deploy.contract import Contract, TensorSpec
 from isdnet_deploy.data.images import read_image, read_label_png, read_palette
 from isdnet_deploy.data.samples import generate_sample_set
@@ -19,7 +20,7 @@ from isdnet_deploy.errors import IsdnetError
 from isdnet_deploy.metrics.parity import label_agreement
 from isdnet_deploy.profiles import DEEPGLOBE
 from isdnet_deploy.runtime.backend import Backend
-from isdnet_deploy.runtime.batch import Predictor, TileSettings, is_geotiff
+from isdnet_deploy.runtime.predictor import Predictor, TileSettings
 
 HAS_RASTERIO = importlib.util.find_spec("rasterio") is not None
 # Label agreement of 64x64 tiles (overlap 0.25, Hann blending) with whole-image inference

@@ -16,6 +16,7 @@ from dataclasses import asdict
 
 from ..errors import IsdnetError
 from ..fileio import atomic_output, atomic_write_bytes
+from ..tables import grid, number
 from .protocol import InterleaveResult, MethodResult, RewarmInfo
 
 SCHEMA = "isdnet_deploy.benchmark/1"
@@ -25,20 +26,6 @@ _COLUMNS = (
     ("median ms", ">"), ("p90 ms", ">"), ("p99 ms", ">"), ("peak host MiB", ">"),
     ("peak device MiB", ">"), ("GFLOP/s", ">"), ("% of peak", ">"),
 )
-
-
-def _num(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _grid(header: Sequence[str], aligns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, aligns, widths, strict=True))
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
 def _machine_lines(machine: dict) -> list[str]:
@@ -63,9 +50,9 @@ def _rewarm_line(name: str, info: RewarmInfo) -> str:
 def format_table(results: Sequence[MethodResult], machine: dict | None = None) -> str:
     """One row per method, then the re-warm verdicts; speed-up is against the first method."""
     rows = [[
-        r.name, _num(r.fps), f"{r.speedup:.2f}x", _num(r.mean_ms, 3), _num(r.median_ms, 3),
-        _num(r.p90_ms, 3), _num(r.p99_ms, 3), _num(r.peak_host_mib, 1),
-        _num(r.peak_device_mib, 1), _num(r.gflops_per_s, 1), _num(r.percent_of_peak, 1),
+        r.name, number(r.fps), f"{r.speedup:.2f}x", number(r.mean_ms, 3), number(r.median_ms, 3),
+        number(r.p90_ms, 3), number(r.p99_ms, 3), number(r.peak_host_mib, 1),
+        number(r.peak_device_mib, 1), number(r.gflops_per_s, 1), number(r.percent_of_peak, 1),
     ] for r in results]
     header = [c for c, _ in _COLUMNS]
     lines = _machine_lines(machine) if machine else []
@@ -73,7 +60,7 @@ def format_table(results: Sequence[MethodResult], machine: dict | None = None) -
         first = results[0]
         lines.append(f"protocol: {first.warmup} warm-up + {first.iters} timed forwards per method; "
                      f"reference: {first.name}")
-    lines.append(_grid(header, [a for _, a in _COLUMNS], rows))
+    lines.append(grid(header, rows, [a for _, a in _COLUMNS]))
     lines += [_rewarm_line(r.name, r.rewarm) for r in results if r.rewarm is not None]
     sources = {r.peak_host_source for r in results if r.peak_host_source}
     lines += [f"peak host memory: {s}" for s in sorted(sources)]
@@ -85,13 +72,13 @@ def format_interleave(result: InterleaveResult) -> str:
     names = list(result.fps)
     others = [n for n in names if n != result.reference]
     header = ["round", *(f"{n} FPS" for n in names), *(f"{n}/{result.reference}" for n in others)]
-    rows = [[str(i + 1), *(_num(result.fps[n][i]) for n in names),
+    rows = [[str(i + 1), *(number(result.fps[n][i]) for n in names),
              *(f"{result.ratios[n][i]:.3f}" for n in others)] for i in range(result.rounds)]
     rows.append(["median", *("" for _ in names),
                  *(f"{result.median_ratio[n]:.3f}" for n in others)])
     intro = (f"interleaved: {result.rounds} rounds of {' '.join(names)}, each turn "
              f"{result.warmup} warm-up + {result.iters} timed forwards")
-    return intro + "\n" + _grid(header, ["<"] + [">"] * (len(header) - 1), rows)
+    return intro + "\n" + grid(header, rows)
 
 
 def to_json(results: Sequence[MethodResult], interleave: InterleaveResult | None = None,

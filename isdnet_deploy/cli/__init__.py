@@ -35,8 +35,9 @@ def main(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from .benchmark import benchmark_command, compare_command
+    from .benchmark import benchmark_command
     from .build import build_command
+    from .compare import compare_command
     from .demo import demo_command
     from .export import export_command, inspect_command
     from .infer import evaluate_command, infer_command

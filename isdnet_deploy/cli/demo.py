@@ -54,7 +54,7 @@ def demo_command(checkpoint: str | None, profile: str, size: str | None, output:
     )
     from ..benchmark.protocol import run_protocol
     from ..export.onnx_export import export_onnx
-    from .benchmark import reference_backend
+    from .common import reference_backend
 
     started = time.perf_counter()
     prof = get_profile(profile)

@@ -98,7 +98,8 @@ def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: s
 
     Example: isdnet-deploy export isdnet_deepglobe.pth -o isdnet.onnx --input uint8
     """
-    from ..export.onnx_export import check_export_options, check_output_path
+    from ..export.onnx_export import check_export_options
+    from ..fileio import check_output_path
 
     # Every cheap check comes before the model is loaded or built (that takes seconds).
     size = parse_size(size_text) if size_text is not None else None
@@ -107,7 +108,7 @@ def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: s
                          size, exporter, opset or DEFAULT_OPSET,
                          None if no_verify else verify_size)
     profile = get_profile(profile_name) if profile_name else None
-    out_path = check_output_path(out)
+    out_path = check_output_path(out, ".onnx")
 
     started = time.perf_counter()
     if checkpoint:

@@ -8,63 +8,22 @@ files and list every failure at the end with a non-zero exit.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import IsdnetError, missing
+from ..apps.batch import BatchReport
+from ..apps.evaluate import ArtifactResult, evaluate_pairs, result_scores
+from ..apps.infer import collect_inputs, infer_files
+from ..errors import IsdnetError
 from ..profiles import DEFAULT_PROFILE, Profile, get_profile, parse_size
-from ..runtime.batch import (
-    ArtifactResult,
-    BatchReport,
-    Predictor,
-    TileSettings,
-    collect_inputs,
-    evaluate_pairs,
-    infer_files,
-    result_scores,
-)
+from ..runtime.predictor import Predictor, TileSettings
+from ..tables import grid, percent, points
+from .common import REFERENCE, open_artifact
 
-REFERENCE = "reference"
 _SHOW = 10  # unpaired files named on the console (all of them go to the JSON)
-
-
-def open_artifact(spec: str, profile: str | None, device: str | None, scale: bool,
-                  threads: int | None) -> tuple[Any, str]:
-    """(Segmenter, display name) for a path or the word ``reference`` (random weights)."""
-    from .. import runtime
-    from ..runtime.registry import backend_for
-
-    if spec == REFERENCE:
-        prof = get_profile(profile or DEFAULT_PROFILE)
-        click.secho(f"WARNING: 'reference' is the PyTorch ISDNet with RANDOM weights "
-                    f"({prof.name}, {prof.num_classes} classes): its predictions are "
-                    "meaningless; pass a .pth checkpoint for real ones.", fg="yellow", err=True)
-        try:
-            from ..model.checkpoint import build_model
-        except ImportError:
-            raise missing("torch", why="needed for the PyTorch reference") from None
-        from ..runtime.torch_backend import TorchBackend
-
-        backend = TorchBackend(None, device or "cpu", model=build_model(prof.num_classes),
-                               profile=prof.name, threads=threads)
-        return runtime.Segmenter(backend, scale=scale), "reference (random weights)"
-    kind = backend_for(spec)
-    options: dict[str, Any] = {}
-    if threads and kind != "tensorrt":
-        options["threads"] = threads
-    if kind == "torch" and profile:
-        options["profile"] = get_profile(profile).name
-    segmenter = runtime.load(spec, device=device or ("cuda" if kind == "tensorrt" else "cpu"),
-                             scale=scale, **options)
-    own = segmenter.contract.profile
-    if profile and own and own != get_profile(profile).name:
-        raise IsdnetError(f"{spec} was exported for profile {own}, not {profile}; drop "
-                          f"--profile or pass --profile {own}")
-    return segmenter, Path(spec).name
 
 
 def tile_settings(tile: str | None, max_size: str | None, overlap: float) -> TileSettings:
@@ -159,7 +118,8 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
             raise IsdnetError(f"{failures[0].item}: {failures[0].message}")
         report = BatchReport(total=len(failures), failures=failures)
         _report_failures(report, "inputs")
-    segmenter, name = open_artifact(artifact, profile, device, not no_scale, threads)
+    segmenter, name = open_artifact(artifact, profile=profile, device=device,
+                                    threads=threads, scale=not no_scale)
     with segmenter:
         predictor = Predictor(segmenter, tiles)
         report = BatchReport(total=len(failures), failures=list(failures))
@@ -193,36 +153,23 @@ def definitions_short(profile: Profile, images: int) -> str:
             f"pixels. Agreement = pixels labelled as by the first artifact.")
 
 
-def _pct(value: float, digits: int = 2) -> str:
-    return "n/a" if math.isnan(value) else f"{100 * value:.{digits}f}"
-
-
-def _delta(value: float, ref: float) -> str:
-    if math.isnan(value) or math.isnan(ref):
-        return "n/a"
-    return f"{100 * (value - ref):+.3f}"
-
-
 def parity_table(rows: list[dict[str, Any]]) -> str:
     """Each artifact's metrics and its difference (percentage points) to the first."""
     ref = rows[0]["scores"]
     header = ["artifact", "backend", "mIoU", "dmIoU", "mF1", "dmF1", "aAcc", "daAcc",
               "agree%", "median ms"]
-    table = [header]
+    table = []
     for row in rows:
         s = row["scores"]
+        first = row is rows[0]
         table.append([row["artifact"], row["backend"],
-                      _pct(s["miou"]), _delta(s["miou"], ref["miou"]) if row is not rows[0]
-                      else "ref",
-                      _pct(s["mean_f1"]), _delta(s["mean_f1"], ref["mean_f1"]),
-                      _pct(s["pixel_accuracy"]),
-                      _delta(s["pixel_accuracy"], ref["pixel_accuracy"]),
-                      _pct(row["agreement"], 4), _ms(row["timing"]["median_ms"])])
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in table]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines) + "\n(d = difference to the first artifact in percentage points)"
+                      percent(s["miou"]), "ref" if first else points(s["miou"], ref["miou"]),
+                      percent(s["mean_f1"]), points(s["mean_f1"], ref["mean_f1"]),
+                      percent(s["pixel_accuracy"]),
+                      points(s["pixel_accuracy"], ref["pixel_accuracy"]),
+                      percent(row["agreement"], 4), _ms(row["timing"]["median_ms"])])
+    return (grid(header, table, ["<", "<"] + [">"] * (len(header) - 2))
+            + "\n(d = difference to the first artifact in percentage points)")
 
 
 def _listing(paths: list[Path]) -> str:
@@ -287,7 +234,8 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
     try:
         for spec in artifacts:  # files first: they are quick to open and name the profile
             if spec != REFERENCE and spec not in opened:
-                opened[spec] = open_artifact(spec, profile, device, not no_scale, threads)
+                opened[spec] = open_artifact(spec, profile=profile, device=device,
+                                             threads=threads, scale=not no_scale)
         prof = _resolve_profile(artifacts, profile, opened)
         pairs, unpaired_images, unpaired_masks = pair_files(images, labels, prof)
         if unpaired_images:
@@ -297,8 +245,8 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
             click.secho(f"unpaired masks (no image): {len(unpaired_masks)}: "
                         f"{_listing(unpaired_masks)}", fg="yellow", err=True)
         if REFERENCE in artifacts:
-            opened[REFERENCE] = open_artifact(REFERENCE, prof.name, device, not no_scale,
-                                              threads)
+            opened[REFERENCE] = open_artifact(REFERENCE, profile=prof.name, device=device,
+                                              threads=threads, scale=not no_scale)
         predictors, names = [], set()
         for spec in artifacts:
             segmenter, name = opened[spec]

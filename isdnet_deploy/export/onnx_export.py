@@ -32,8 +32,7 @@ from ..contract import (
     embed_in_onnx,
 )
 from ..errors import IsdnetError, missing
-from ..fileio import atomic_output
-from ..metrics.parity import decided_agreement
+from ..fileio import atomic_output, check_output_path
 from ..profiles import MIN_SIZE, get_profile, profile_for_classes
 from .graph import DeployGraph
 
@@ -77,20 +76,6 @@ class ExportReport:
         data = asdict(self)
         data["contract"] = asdict(self.contract)
         return data
-
-
-def check_output_path(path: str | Path, suffix: str = ".onnx") -> Path:
-    path = Path(path)
-    if path.suffix != suffix:
-        raise IsdnetError(f"output {path} should end with {suffix}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise IsdnetError(f"output directory {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise IsdnetError(f"output directory {parent} is not writable; choose another -o path")
-    if path.is_dir():
-        raise IsdnetError(f"output {path} is a directory; give a file name ending in {suffix}")
-    return path
 
 
 def build_contract(model: torch.nn.Module, *, pyramid: str, input_kind: str, output_kind: str,
@@ -186,8 +171,10 @@ def sample_inputs(contract: Contract, size: tuple[int, int], seed: int = 0
 
 def verify_onnx(path: str | Path, model: torch.nn.Module, contract: Contract,
                 size: tuple[int, int], *, atol: float = 1e-4, rtol: float = DEFAULT_RTOL,
-                min_agreement: float = 1.0, seed: int = 0) -> Parity:
-    """Run the ONNX file in ONNX Runtime (CPU) and compare with the PyTorch reference.
+                min_agreement: float = 1.0, seed: int = 0,
+                backend: str = "onnxruntime") -> Parity:
+    """Open the ONNX file through the runtime (ONNX Runtime CPU by default) and compare it
+    with the PyTorch reference on one seeded input.
 
     The tolerance is ``atol + rtol * max|ref|``: float32 itself is that noisy at this depth
     (the same PyTorch model in float32 vs float64 differs by ~1e-5 of the largest logit), so
@@ -196,35 +183,35 @@ def verify_onnx(path: str | Path, model: torch.nn.Module, contract: Contract,
     twice the tolerance; pixels tied within float noise may go either way (raw agreement
     is reported too). A labels-output model is judged on agreement alone.
     """
-    import onnxruntime as ort
+    from ..metrics.comparator import Comparator, Outputs, relative_tolerance
+    from ..runtime import open_backend
 
     feeds, normalised = sample_inputs(contract, size, seed)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    start = time.perf_counter()
-    (result,) = session.run(None, feeds)
-    ort_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    with torch.no_grad():
-        reference = model(torch.from_numpy(normalised)).numpy()
-    torch_seconds = time.perf_counter() - start
-    ref_labels = reference.argmax(axis=1)[0]
-    tolerance = atol + rtol * float(np.abs(reference).max())
-    if contract.output_kind == "labels":
-        labels = result.astype(np.int64)
-        max_diff = mean_diff = None
-        close = True
-    else:
-        labels = result.argmax(axis=1)[0]
-        diff = np.abs(result - reference)
-        max_diff, mean_diff = float(diff.max()), float(diff.mean())
-        close = max_diff <= tolerance
-    agreement = float((labels == ref_labels).mean())
-    decided, _ = decided_agreement(reference, labels.reshape(ref_labels.shape), tolerance)
-    return Parity(size=tuple(size), max_abs_diff=max_diff, mean_abs_diff=mean_diff,
-                  argmax_agreement=agreement, decided_agreement=decided,
-                  tolerance=tolerance, atol=atol, rtol=rtol, min_agreement=min_agreement,
-                  passed=close and decided >= min_agreement,
-                  ort_seconds=ort_seconds, torch_seconds=torch_seconds)
+    tolerance_of = relative_tolerance(atol, rtol)
+
+    def reference(_: object) -> Outputs:
+        with torch.no_grad():
+            logits = model(torch.from_numpy(normalised)).numpy()
+        return Outputs(labels=logits.argmax(axis=1)[0], logits=logits)
+
+    with open_backend(path, backend, "cpu", contract=contract) as opened:
+        def candidate(_: object) -> Outputs:
+            (result,) = opened.run(feeds).values()
+            if contract.output_kind == "labels":
+                return Outputs(labels=result.reshape(size))
+            return Outputs(labels=result.argmax(axis=1)[0], logits=result)
+
+        comparator = Comparator(("pytorch", reference), [(backend, candidate)],
+                                contract.num_classes, tolerance=tolerance_of)
+        tolerance = tolerance_of(comparator.add(None)["pytorch"])
+    stats = comparator.stats[0]
+    close = stats.max_abs_diff is None or stats.max_abs_diff <= tolerance
+    return Parity(size=tuple(size), max_abs_diff=stats.max_abs_diff,
+                  mean_abs_diff=stats.mean_abs_diff, argmax_agreement=stats.agreement,
+                  decided_agreement=stats.decided_agreement, tolerance=tolerance, atol=atol,
+                  rtol=rtol, min_agreement=min_agreement,
+                  passed=close and stats.decided_agreement >= min_agreement,
+                  ort_seconds=stats.seconds[0], torch_seconds=comparator.reference_seconds[0])
 
 
 def _trace_to_onnx(graph: DeployGraph, path: str, contract: Contract, example: tuple,
@@ -306,7 +293,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
     """Export ``model`` to a self-describing ONNX file at ``path``; see the module doc."""
     check_export_options(pyramid, input, output, labels_dtype, dynamic, size, exporter, opset,
                          verify_size)
-    path = check_output_path(path)
+    path = check_output_path(path, ".onnx")
     contract = build_contract(model, pyramid=pyramid, input_kind=input, output_kind=output,
                               labels_dtype=labels_dtype, dynamic=dynamic, size=size,
                               opset=opset, exporter=exporter, profile=profile)

@@ -1,0 +1,92 @@
+"""Running work over many items: per-item failures recorded, timings kept, progress shown.
+
+A batch never stops at a bad file: the error is recorded against the file, the rest run,
+and the caller reports every failure at the end.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from ..errors import IsdnetError
+from ..runtime.predictor import engine_error
+
+T = TypeVar("T")
+
+
+@dataclass
+class Failure:
+    item: str
+    message: str
+
+
+def timing_summary(seconds: Sequence[float]) -> dict[str, float | int]:
+    """Count, mean/median/min/max in ms and the total in s of per-image times."""
+    if not seconds:
+        return {"count": 0, "mean_ms": 0.0, "median_ms": 0.0, "min_ms": 0.0, "max_ms": 0.0,
+                "total_s": 0.0}
+    return {"count": len(seconds), "mean_ms": 1000 * statistics.fmean(seconds),
+            "median_ms": 1000 * statistics.median(seconds), "min_ms": 1000 * min(seconds),
+            "max_ms": 1000 * max(seconds), "total_s": float(sum(seconds))}
+
+
+@dataclass
+class BatchReport:
+    total: int = 0
+    done: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    # name -> per-image seconds of inference (pre/post-processing and tiling included,
+    # reading and writing files excluded), for the images that succeeded
+    timings: dict[str, list[float]] = field(default_factory=dict)
+    tiled: int = 0
+    wall_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def timing(self, name: str) -> dict[str, float | int]:
+        return timing_summary(self.timings.get(name, []))
+
+    def failure_lines(self) -> list[str]:
+        return [f"  {f.item}: {f.message}" for f in self.failures]
+
+
+def run_batch(items: Sequence[T], work: Callable[[T], Mapping[str, float]], *,
+              label: Callable[[T], str] = str, progress: bool = True, desc: str = "images",
+              report: BatchReport | None = None) -> BatchReport:
+    """Call ``work`` on every item; ``work`` returns {name: inference seconds}.
+
+    A user-fixable error (``IsdnetError``), an OS error (unreadable or unwritable file) or
+    an engine failure is recorded against the item and the batch goes on.
+    """
+    from tqdm.auto import tqdm
+
+    report = report or BatchReport()
+    report.total += len(items)
+    start = time.perf_counter()
+    bar = tqdm(items, desc=desc, unit="image", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    for item in bar:
+        try:
+            seconds = work(item)
+        except IsdnetError as exc:
+            report.failures.append(Failure(label(item), str(exc)))
+        except OSError as exc:
+            report.failures.append(Failure(label(item), f"{exc.strerror or exc} "
+                                                        f"({exc.filename or 'file'})"))
+        except Exception as exc:
+            error = engine_error(exc)
+            if error is None:
+                raise
+            report.failures.append(Failure(label(item), str(error)))
+        else:
+            report.done += 1
+            for name, value in seconds.items():
+                report.timings.setdefault(name, []).append(value)
+        if report.failures:
+            bar.set_postfix(failed=len(report.failures), refresh=False)
+    report.wall_seconds += time.perf_counter() - start
+    return report

@@ -1,0 +1,142 @@
+"""``infer`` over files: find the images, segment each (tiled when needed), write
+palette-indexed label PNGs (GeoTIFFs with their georeference), overlays on request."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ..data.datasets import list_images
+from ..data.images import (
+    overlay,
+    read_geotiff,
+    read_image,
+    write_geotiff_labels,
+    write_image,
+    write_label_png,
+)
+from ..errors import IsdnetError
+from ..runtime.predictor import Predictor
+from .batch import BatchReport, Failure, run_batch
+
+# TIFF tags whose presence makes a TIFF a GeoTIFF (GeoKeyDirectory, ModelPixelScale,
+# ModelTiepoint, ModelTransformation).
+_GEOTIFF_TAGS = (34735, 33550, 33922, 34264)
+LABELS_SUFFIX = "_labels"
+OVERLAY_SUFFIX = "_overlay"
+
+
+def is_geotiff(path: str | os.PathLike[str]) -> bool:
+    """Whether a TIFF carries GeoTIFF georeferencing tags (checked without GDAL)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            tags = getattr(im, "tag_v2", None)
+            return tags is not None and any(t in tags for t in _GEOTIFF_TAGS)
+    except (OSError, ValueError):
+        return False
+
+
+def has_rasterio() -> bool:
+    try:
+        import rasterio  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _is_own_output(path: Path) -> bool:
+    return path.stem.endswith((LABELS_SUFFIX, OVERLAY_SUFFIX))
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str]
+                   ) -> tuple[list[Path], list[Failure]]:
+    """Image files from files and folders (not recursive), plus the arguments that gave
+    none. Outputs of an earlier run in the output folder are skipped, and a second input
+    whose output name would overwrite the first's is refused."""
+    out = Path(out_dir).resolve()
+    found: list[Path] = []
+    failures: list[Failure] = []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            try:
+                files = list_images(path)
+            except IsdnetError as exc:
+                failures.append(Failure(str(path), str(exc)))
+                continue
+            if path.resolve() == out:
+                files = [f for f in files if not _is_own_output(f)]
+            found += files
+        elif path.is_file():
+            found.append(path)
+        else:
+            failures.append(Failure(str(path), "no such file or folder"))
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    by_stem: dict[str, Path] = {}
+    for path in found:
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        if path.stem in by_stem:
+            failures.append(Failure(str(path), f"its output name {path.stem}{LABELS_SUFFIX}.* "
+                                               f"is already used by {by_stem[path.stem]}; "
+                                               "rename one of them or run them separately"))
+            continue
+        by_stem[path.stem] = path
+        unique.append(path)
+    return unique, failures
+
+
+def infer_files(predictor: Predictor, paths: Sequence[Path], out_dir: str | os.PathLike[str],
+                *, overlay_images: bool = False, progress: bool = True,
+                report: BatchReport | None = None) -> BatchReport:
+    """Segment each file and write ``<stem>_labels.png`` (palette-indexed class ids), or
+    ``<stem>_labels.tif`` with the input's georeference for a GeoTIFF when rasterio is
+    installed; ``<stem>_overlay.jpg|png`` with ``overlay_images``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    palette = predictor.contract.display_palette()
+    geo = has_rasterio()
+    report = report or BatchReport()
+    plain_geotiffs: list[str] = []
+
+    def work(path: Path) -> dict[str, float]:
+        georef = None
+        georeferenced = is_geotiff(path)
+        if georeferenced and geo:
+            image, georef = read_geotiff(path)
+        else:
+            image = read_image(path)
+            if georeferenced:
+                plain_geotiffs.append(path.name)
+        start = time.perf_counter()
+        labels = predictor.predict(image)
+        seconds = time.perf_counter() - start
+        if predictor.last_tiles > 1:
+            report.tiled += 1
+        if georef is not None:
+            write_geotiff_labels(out / f"{path.stem}{LABELS_SUFFIX}.tif", labels, georef,
+                                 palette)
+        else:
+            write_label_png(out / f"{path.stem}{LABELS_SUFFIX}.png", labels, palette)
+        if overlay_images:
+            ext = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
+            write_image(out / f"{path.stem}{OVERLAY_SUFFIX}{ext}",
+                        overlay(image, labels, palette))
+        return {"inference": seconds}
+
+    run_batch(paths, work, progress=progress, desc="infer", report=report)
+    if plain_geotiffs:
+        report.notes.append(
+            f"{len(plain_geotiffs)} GeoTIFF input(s) got plain PNG label maps without "
+            "georeference; install rasterio (pip install 'isdnet-deploy[geo]') to write "
+            "georeferenced <stem>_labels.tif")
+    return report

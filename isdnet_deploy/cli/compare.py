@@ -1,0 +1,208 @@
+"""``isdnet-deploy compare``: how closely artifacts reproduce a reference (logits, labels),
+optionally their accuracy on ground truth, through the one comparator."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from ..benchmark import report
+from ..errors import IsdnetError
+from ..metrics.comparator import Comparator, Outputs, Side
+from ..profiles import Profile, get_profile, parse_size
+from ..tables import grid, percent, points, scientific
+from .common import REFERENCE, open_artifact, output_file
+
+
+@dataclass
+class _Input:
+    name: str
+    load_image: Callable[[], np.ndarray]
+    load_mask: Callable[[], np.ndarray] | None = None
+
+
+def _inputs(images: str | None, labels: str | None, random: int, hw: tuple[int, int],
+            prof: Profile) -> tuple[list[_Input], str]:
+    """The inputs to compare on, and a description of them."""
+    from ..data.datasets import load_mask, naming_for, pair_files
+    from ..data.images import read_image
+    from ..data.samples import photo_like
+
+    if labels is not None:
+        if images is None:
+            raise IsdnetError("--labels needs --images (the images the masks belong to)")
+        pairs, _, _ = pair_files(images, labels, prof)
+        return ([_Input(p.image.name, lambda p=p: read_image(p.image),
+                        lambda p=p: load_mask(p.label, prof)) for p in pairs],
+                f"{len(pairs)} image/mask pairs from {images}")
+    if images is not None:
+        from ..data.datasets import list_images
+
+        suffix = naming_for(prof).label_suffix
+        files = [f for f in list_images(images) if not (suffix and f.stem.endswith(suffix))]
+        return ([_Input(f.name, lambda f=f: read_image(f)) for f in files],
+                f"{len(files)} images from {images}")
+    if random < 1:
+        raise IsdnetError("--random must be 1 or more when no --images are given")
+    return ([_Input(f"random seed {s}", lambda s=s: photo_like(*hw, s)) for s in range(random)],
+            f"{random} seeded photo-like random images of {hw[0]}x{hw[1]}")
+
+
+def segmenter_side(name: str, segmenter: Any) -> Side:
+    """A side that runs an opened artifact the way ``predict`` does and keeps its raw
+    logits (at the size the network saw) for the numerical comparison."""
+    def run(item: tuple[np.ndarray, np.ndarray | None]) -> Outputs:
+        feeds, size = segmenter.feeds(item[0])
+        outputs = segmenter.run_feeds(feeds)
+        return Outputs(labels=segmenter.finish(outputs, size), logits=outputs.get("logits"))
+    return name, run
+
+
+def _label(path: str, segmenter: Any) -> str:
+    if path == REFERENCE:
+        return "pytorch (random weights)"
+    return f"{Path(path).name} ({segmenter.backend.name} {segmenter.contract.precision})"
+
+
+def _heatmap_path(base: Path, index: int, count: int, name: str) -> Path:
+    if count == 1:
+        return base
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)
+    return base.with_name(f"{base.stem}-{index + 1}-{stem}{base.suffix}")
+
+
+@click.command("compare")
+@click.argument("reference_path", metavar="REFERENCE")
+@click.argument("candidates", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--random", "random_count", type=click.IntRange(min=0), default=3,
+              show_default=True, help="Seeded random inputs when no --images are given.")
+@click.option("--images", type=click.Path(file_okay=False), default=None,
+              help="Folder of images to compare on (test scale applied, as in evaluation).")
+@click.option("--labels", type=click.Path(file_okay=False), default=None,
+              help="Ground-truth masks for --images: adds mIoU, per-class IoU, F1 and pixel "
+                   "accuracy per backend (DeepGlobe: may be the --images folder).")
+@click.option("--size", default=None,
+              help="HxW of the random inputs; default the profile's test size.")
+@click.option("--profile", default="deepglobe", show_default=True,
+              help="Profile for a random-weights reference and for reading masks.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--heatmap", type=click.Path(dir_okay=False), default=None,
+              help="PNG of where each candidate's labels differ from the reference's (on the "
+                   "input where they differ most); one file per candidate when several.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write all figures as JSON.")
+def compare_command(reference_path: str, candidates: tuple[str, ...], random_count: int,
+                    images: str | None, labels: str | None, size: str | None, profile: str,
+                    device: str, threads: int | None, heatmap: str | None,
+                    json_path: str | None) -> None:
+    """How closely each CANDIDATE reproduces REFERENCE (a .pth checkpoint, the word
+    'reference' for the random-weights model, or any artifact): max/mean |logit diff|,
+    cosine similarity, argmax agreement and mIoU of its labels against the reference's.
+
+    Example: isdnet-deploy compare reference runs/demo/isdnet_deepglobe.onnx --random 3
+    """
+    from ..metrics.parity import disagreement_heatmap
+    from ..metrics.segmentation import ConfusionAccumulator, jsonable
+
+    prof = get_profile(profile)
+    hw = parse_size(size) if size else prof.test_size
+    json_file = output_file(json_path, ".json")
+    heatmap_file = output_file(heatmap, ".png")
+    inputs, described = _inputs(images, labels, random_count, hw, prof)
+    scale = images is not None
+
+    with contextlib.ExitStack() as stack:
+        opened = {}
+        for path in (*candidates, reference_path):  # files first: quick, and they fail fast
+            segmenter, _ = open_artifact(path, profile=prof.name if path == REFERENCE else None,
+                                         device=device, threads=threads, scale=scale)
+            opened[path] = stack.enter_context(segmenter)
+        ref_path, ref = reference_path, opened[reference_path]
+        others = [(path, opened[path]) for path in candidates]
+        num_classes = ref.contract.num_classes
+        for path, segmenter in others:
+            if segmenter.contract.num_classes != num_classes:
+                raise IsdnetError(f"{path} has {segmenter.contract.num_classes} classes, the "
+                                  f"reference {num_classes}; compare artifacts of the same model")
+        ref_name = _label(ref_path, ref)
+        sides = [segmenter_side(_label(path, seg), seg) for path, seg in others]
+        comparator = Comparator(segmenter_side(ref_name, ref), sides, num_classes)
+        accuracy = {name: ConfusionAccumulator(num_classes)
+                    for name in [ref_name, *(name for name, _ in sides)]} if labels else {}
+        worst: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+        click.echo(f"comparing {len(sides)} candidate(s) with {ref_name} on {described}",
+                   err=True)
+        for item in inputs:
+            image = item.load_image()
+            mask = item.load_mask() if item.load_mask else None
+            outputs = comparator.add((image, mask))
+            for name, accumulator in accuracy.items():
+                accumulator.update(outputs[name].labels, mask)
+            for stats in comparator.stats:
+                if stats.worst_index == comparator.count - 1:
+                    worst[stats.name] = (image, outputs[ref_name].labels,
+                                         outputs[stats.name].labels)
+            click.echo(f"  {item.name} done", err=True)
+
+    summaries = []
+    for (path, segmenter), stats in zip(others, comparator.stats, strict=True):
+        summary = stats.to_dict()
+        summary.update(path=path, backend=segmenter.backend.name,
+                       precision=segmenter.contract.precision)
+        summaries.append(summary)
+    rows = [[s["name"], scientific(s["logits"]["max_abs_diff"]) if s["logits"] else "-",
+             scientific(s["logits"]["mean_abs_diff"]) if s["logits"] else "-",
+             f"{s['logits']['min_cosine_similarity']:.6f}" if s["logits"] else "-",
+             percent(s["agreement"], 3, "%"), percent(s["miou_vs_reference"], 3, "%")]
+            for s in summaries]
+    click.echo(f"reference: {ref_name}; inputs: {described}")
+    click.echo(grid(["candidate", "max |logit diff|", "mean |logit diff|", "cosine (min)",
+                     "argmax agreement", "mIoU vs reference"], rows))
+    if any(s["logits"] is None for s in summaries):
+        click.echo("note: '-' = labels-only artifact (or reference): agreement and mIoU only")
+
+    result: dict[str, Any] = {"schema": "isdnet_deploy.compare/1", "reference": ref_name,
+                              "inputs": described, "candidates": summaries}
+    if accuracy:
+        exclude = [c for c in prof.miou_excludes if c in ref.contract.classes]
+        result["accuracy"] = _accuracy_report(accuracy, ref_name, ref.contract.classes, exclude)
+    for i, stats in enumerate(comparator.stats):
+        if heatmap_file is not None and stats.name in worst:
+            image, ref_labels, cand_labels = worst[stats.name]
+            written = disagreement_heatmap(ref_labels, cand_labels,
+                                           _heatmap_path(heatmap_file, i, len(sides),
+                                                         others[i][0]), image=image)
+            click.echo(f"wrote {written} ({stats.worst_disagree} disagreeing pixels)")
+    if json_file is not None:
+        report.write_json(json_file, jsonable(result))
+        click.echo(f"wrote {json_file}")
+
+
+def _accuracy_report(accuracy: dict, ref_name: str, class_names: list[str],
+                     exclude: list[str]) -> dict[str, Any]:
+    """The paper's metrics per backend and their change from the reference, printed."""
+    scored = {name: acc.scores(class_names, exclude) for name, acc in accuracy.items()}
+    base = scored[ref_name]
+    rows = [[name, percent(s["miou"], 3, "%"),
+             "-" if name == ref_name else points(s["miou"], base["miou"]),
+             percent(s["mean_f1"], 3, "%"), percent(s["pixel_accuracy"], 3, "%")]
+            for name, s in scored.items()]
+    click.echo(f"accuracy against the ground truth (mIoU over {', '.join(base['evaluated'])}):")
+    click.echo(grid(["backend", "mIoU", "ΔmIoU (points)", "mF1", "pixel acc"], rows))
+    names = list(scored)
+    per_class = [[c, *(percent(scored[n]["classes"][c]["iou"], 3, "%") for n in names)]
+                 for c in class_names]
+    click.echo(grid(["class IoU", *(f"[{i}]" for i in range(len(names)))], per_class))
+    click.echo("  " + "; ".join(f"[{i}] {n}" for i, n in enumerate(names)))
+    return {"backends": scored,
+            "delta_vs_reference": {n: {k: s[k] - base[k] for k in
+                                       ("miou", "mean_f1", "pixel_accuracy")}
+                                   for n, s in scored.items() if n != ref_name}}
