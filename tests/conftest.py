@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from helpers import official_state_dict
 
-DATA = Path(__file__).parent / "data"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 

@@ -7,24 +7,16 @@ import subprocess
 import sys
 import textwrap
 
-import cv2
 import numpy as np
 import onnx
 import pytest
 
 from isdnet_deploy import runtime
+from isdnet_deploy.data.samples import photo_like
 from isdnet_deploy.errors import IsdnetError, MissingDependencyError
 from isdnet_deploy.runtime import Pipeline, preprocess
 
 SIZE = (96, 128)  # small, and 0.8 x (120, 160): DeepGlobe's test scale maps one onto the other
-
-
-def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """HxWx3 uint8 with photo-like correlation, so labels vary across the image."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (max(h // 16, 2), max(w // 16, 2), 3)).astype(np.float32)
-    image = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 12, (h, w, 3))
-    return np.clip(image, 0, 255).round().astype(np.uint8)
 
 
 def normalised(image: np.ndarray, contract) -> np.ndarray:
@@ -60,7 +52,7 @@ def seg_external(artifacts):
 
 
 def test_runtime_runs_with_torch_blocked(artifacts, seg, tmp_path):
-    image = photo(*SIZE, seed=3)
+    image = photo_like(*SIZE, seed=3)
     np.save(tmp_path / "image.npy", image)
     script = textwrap.dedent(f"""
         import sys
@@ -82,7 +74,7 @@ def test_runtime_runs_with_torch_blocked(artifacts, seg, tmp_path):
 
 
 def test_bgr_equals_rgb_of_flipped_array(seg):
-    image = photo(*SIZE, seed=1)
+    image = photo_like(*SIZE, seed=1)
     flipped = np.ascontiguousarray(image[:, :, ::-1])
     assert np.array_equal(seg.predict(image, color="bgr"), seg.predict(flipped, color="rgb"))
     assert np.array_equal(seg.predict(flipped, color="bgr"), seg.predict(image))
@@ -93,7 +85,7 @@ def test_bgr_equals_rgb_of_flipped_array(seg):
 
 
 def test_float_nchw_input_matches_uint8(seg_noscale):
-    image = photo(*SIZE, seed=2)
+    image = photo_like(*SIZE, seed=2)
     x = normalised(image, seg_noscale.contract)
     labels = seg_noscale.predict(x)
     assert labels.shape == SIZE
@@ -102,7 +94,7 @@ def test_float_nchw_input_matches_uint8(seg_noscale):
 
 
 def test_memoryview_input(seg):
-    image = photo(*SIZE, seed=4)
+    image = photo_like(*SIZE, seed=4)
     assert np.array_equal(seg.predict(memoryview(image)), seg.predict(image))
 
 
@@ -120,7 +112,7 @@ class DLPackOnly:
 
 
 def test_dlpack_input(seg):
-    image = photo(*SIZE, seed=5)
+    image = photo_like(*SIZE, seed=5)
     wrapped = DLPackOnly(image)
     assert not isinstance(wrapped, np.ndarray)
     assert np.array_equal(seg.predict(wrapped), seg.predict(image))
@@ -128,7 +120,7 @@ def test_dlpack_input(seg):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32])
 def test_out_buffer_is_filled_and_returned(seg, dtype):
-    image = photo(120, 160, seed=6)
+    image = photo_like(120, 160, seed=6)
     expected = seg.predict(image)
     out = np.full(expected.shape, 99, dtype=dtype)
     result = seg.predict(image, out=out)
@@ -137,7 +129,7 @@ def test_out_buffer_is_filled_and_returned(seg, dtype):
 
 
 def test_out_buffer_for_engine_outputs(seg_noscale):
-    feeds, _ = seg_noscale.feeds(photo(*SIZE, seed=7))
+    feeds, _ = seg_noscale.feeds(photo_like(*SIZE, seed=7))
     expected = seg_noscale.run_feeds(feeds)["logits"]
     buffer = np.zeros_like(expected)
     result = seg_noscale.run_feeds(feeds, out={"logits": buffer})
@@ -147,11 +139,11 @@ def test_out_buffer_for_engine_outputs(seg_noscale):
 
 def test_out_buffer_of_wrong_shape_is_refused(seg):
     with pytest.raises(IsdnetError, match="out buffer"):
-        seg.predict(photo(120, 160), out=np.empty((96, 128), np.uint8))
+        seg.predict(photo_like(120, 160), out=np.empty((96, 128), np.uint8))
 
 
 def test_test_scale_applied_and_labels_at_image_size(seg, seg_noscale):
-    image = photo(120, 160, seed=8)
+    image = photo_like(120, 160, seed=8)
     logits = seg.logits(image)
     assert logits.shape[2:] == preprocess.scaled_size(120, 160, seg.contract.test_scale) == SIZE
     labels = seg.predict(image)
@@ -162,7 +154,7 @@ def test_test_scale_applied_and_labels_at_image_size(seg, seg_noscale):
 
 def test_external_pyramid_gives_graph_pyramid_labels(seg, seg_external):
     for seed in range(2):
-        image = photo(120, 160, seed=10 + seed)
+        image = photo_like(120, 160, seed=10 + seed)
         graph_logits, external_logits = seg.logits(image), seg_external.logits(image)
         scale = float(np.abs(graph_logits).max())
         assert np.abs(graph_logits - external_logits).max() <= 1e-4 + 1e-5 * scale
@@ -171,7 +163,7 @@ def test_external_pyramid_gives_graph_pyramid_labels(seg, seg_external):
 
 
 def test_pipeline_matches_sequential(seg_external, tmp_path):
-    images = [photo(120, 160, seed=20 + i) for i in range(4)]
+    images = [photo_like(120, 160, seed=20 + i) for i in range(4)]
     paths = []
     for i, image in enumerate(images):
         paths.append(tmp_path / f"{i}.npy")
@@ -189,7 +181,7 @@ def test_pipeline_passes_loader_errors_to_the_caller(seg_external):
     def loader(item):
         if item == "bad":
             raise IsdnetError("cannot decode image bad")
-        return photo(*SIZE)
+        return photo_like(*SIZE)
 
     with pytest.raises(IsdnetError, match="cannot decode image bad"):
         list(Pipeline(seg_external, loader=loader)(["ok", "bad", "ok"]))
@@ -233,7 +225,7 @@ def test_onnx_without_contract_refused_then_accepted_with_one(artifacts, seg, tm
         runtime.load(path)
     assert "\n" not in str(info.value)
     foreign = runtime.load(path, contract=seg.contract)
-    image = photo(120, 160, seed=30)
+    image = photo_like(120, 160, seed=30)
     assert np.array_equal(foreign.predict(image), seg.predict(image))
 
 
@@ -259,7 +251,7 @@ def test_unreadable_object(seg):
 
 def test_unknown_color(seg):
     with pytest.raises(IsdnetError, match="color must be"):
-        seg.predict(photo(*SIZE), color="gray")
+        seg.predict(photo_like(*SIZE), color="gray")
 
 
 def test_cuda_without_gpu_provider(artifacts):

@@ -11,17 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import ConvBNReLU
 
-class ConvX(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 stride: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                              padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)), inplace=True)
+def conv_x(in_channels: int, out_channels: int, kernel_size: int = 3,
+           stride: int = 1) -> ConvBNReLU:
+    """STDC's ConvX (conv with padding k//2, BN, ReLU) is the shared ConvBNReLU; the state
+    keys (``conv``, ``bn``) are the same."""
+    return ConvBNReLU(in_channels, out_channels, kernel_size, stride=stride,
+                      padding=kernel_size // 2)
 
 
 class CatBottleneck(nn.Module):
@@ -41,10 +39,10 @@ class CatBottleneck(nn.Module):
                 nn.Conv2d(half, half, 3, stride=2, padding=1, groups=half, bias=False),
                 nn.BatchNorm2d(half))
         self.conv_list = nn.ModuleList([
-            ConvX(in_channels, half, kernel_size=1),
-            ConvX(half, quarter),
-            ConvX(quarter, eighth),
-            ConvX(eighth, eighth),
+            conv_x(in_channels, half, kernel_size=1),
+            conv_x(half, quarter),
+            conv_x(quarter, eighth),
+            conv_x(eighth, eighth),
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,8 +61,8 @@ class ShallowNet(nn.Module):
     def __init__(self, in_channels: int = 6, base: int = 64) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            ConvX(in_channels, base // 2, 3, stride=2),
-            ConvX(base // 2, base, 3, stride=2),
+            conv_x(in_channels, base // 2, 3, stride=2),
+            conv_x(base // 2, base, 3, stride=2),
             CatBottleneck(base, base * 4, stride=2),
             CatBottleneck(base * 4, base * 4),
             CatBottleneck(base * 4, base * 8, stride=2),

@@ -13,6 +13,7 @@ from typing import Any
 from ..contract import Contract
 from .backend import Backend
 from .pipeline import Pipeline
+from .predictor import Predictor, TileSettings
 from .registry import BACKENDS, backend_for, open_backend
 from .segmenter import Segmenter
 
@@ -29,5 +30,5 @@ def load(path: str | Path | None, backend: str = "auto", device: str | None = No
     return Segmenter(open_backend(path, backend, device, **options), scale=scale)
 
 
-__all__ = ["BACKENDS", "Backend", "Contract", "Pipeline", "Segmenter", "backend_for", "load",
-           "open_backend"]
+__all__ = ["BACKENDS", "Backend", "Contract", "Pipeline", "Predictor", "Segmenter",
+           "TileSettings", "backend_for", "load", "open_backend"]
