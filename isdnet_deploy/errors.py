@@ -1,12 +1,24 @@
 """One exception type for everything a user can fix.
 
-The CLI prints ``str(error)`` as a single line and exits non-zero, so every message must
-name the problem *and* the fix; anything else reaching the top is a bug in this toolkit.
+The CLI prints the error as a single line and exits non-zero, so every message must name
+the problem *and* the fix; anything else reaching the top is a bug in this toolkit. Where
+the fix differs between the Python API and the command line (a keyword argument there, an
+option here), ``cli`` holds the command-line wording and the CLI prints that instead.
 """
+
+from __future__ import annotations
 
 
 class IsdnetError(Exception):
     """A problem with the user's input, files or environment, stated in one line."""
+
+    def __init__(self, message: str, *, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli = cli
+
+    def for_cli(self) -> str:
+        """The message a command-line user should see."""
+        return self.cli or str(self)
 
 
 class MissingDependencyError(IsdnetError):

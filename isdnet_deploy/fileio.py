@@ -51,32 +51,38 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes,
 
 
 def check_writable_dir(folder: str | os.PathLike[str]) -> Path:
-    """Fail now, not after a long run, when files cannot be created in ``folder``.
+    """Make sure files can be created in ``folder``, now rather than after a long run.
 
-    Tried for real (a temporary file is created and removed): permission bits alone do not
-    tell, e.g. for root, read-only mounts or ACLs.
+    The rule of every command: a missing output folder is created, parents included.
+    Writability is tried for real (a temporary file is created and removed): permission
+    bits alone do not tell, e.g. for root, read-only mounts or ACLs.
     """
     folder = Path(folder) if str(folder) else Path(".")
-    if not folder.is_dir():
-        raise IsdnetError(f"output directory {folder} does not exist; create it first")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise IsdnetError(f"output folder {folder} cannot be created: {existing} is a file, "
+                          "not a folder; choose another output location")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".isdnet-write-test.", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".isdnet-write-test.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise IsdnetError(f"output directory {folder} is not writable ({exc.strerror}); "
+        raise IsdnetError(f"output folder {folder} is not writable ({exc.strerror or exc}); "
                           "choose another output location") from None
-    os.close(fd)
-    os.unlink(probe)
     return folder
 
 
 def check_output_path(path: str | os.PathLike[str], suffix: str | None = None) -> Path:
     """An output file's path, checked before any work: its suffix (when one is required),
-    no directory in its place, and a folder that exists and takes new files."""
+    no folder in its place, and a folder that takes new files (created when missing)."""
     target = Path(path)
     if suffix is not None and target.suffix.lower() != suffix:
         raise IsdnetError(f"output {target} should end with {suffix}")
     if target.is_dir():
-        raise IsdnetError(f"output {target} is a directory; give a file name"
+        raise IsdnetError(f"output {target} is a folder; give a file name"
                           + (f" ending in {suffix}" if suffix else ""))
     check_writable_dir(target.parent)
     return target

@@ -33,6 +33,14 @@ def assert_one_line_error(result: Result, *fragments: str) -> str:
     return lines[0]
 
 
+def assert_usage_error(result: Result, *fragments: str) -> None:
+    """A wrong command line: click's usage message, exit code 2, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "Error:" in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
 @pytest.fixture(scope="module")
 def exported(official_checkpoint, tmp_path_factory) -> tuple[Path, dict]:
     """One export through the CLI with --json, shared by the inspect tests."""
@@ -85,10 +93,10 @@ def test_inspect_human_readable(exported):
 def test_export_human_report_static(official_checkpoint, tmp_path):
     path = tmp_path / "static.onnx"
     result = run("export", official_checkpoint, "-o", path, "--size", "130x98",
-                 "--output", "labels")
+                 "--output-kind", "labels")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert f"wrote {path} (" in out and " MB)" in out
+    assert f"wrote {path} (" in out and " MiB)" in out
     assert "static 130x98" in out and "output labels uint8" in out
     assert "parity at 130x98" in out and "PASSED" in out and "ONNX Runtime CPU" in out
     assert read_onnx_contract(onnx.load(path, load_external_data=False)).fixed_size == [130, 98]
@@ -119,10 +127,18 @@ def test_failed_verification_one_line_no_file(official_checkpoint, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_output_in_missing_directory(tmp_path):
-    result = run("export", "-o", tmp_path / "missing" / "m.onnx")
-    assert_one_line_error(result, "does not exist")
-    assert list(tmp_path.iterdir()) == []
+def test_old_spellings_still_work_with_a_deprecation_line(monkeypatch, official_checkpoint,
+                                                         tmp_path):
+    from isdnet_deploy.model.checkpoint import load_model
+
+    monkeypatch.setattr("isdnet_deploy.model.checkpoint.build_model",
+                        lambda num_classes=7, seed=0: load_model(official_checkpoint))
+    path = tmp_path / "new" / "sub" / "m.onnx"  # missing folders are created
+    result = run("export", "--out", path, "--output", "labels", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "--out FILE is now -o/--output FILE" in result.stderr
+    assert "--output labels is now --output-kind labels" in result.stderr
+    assert read_onnx_contract(onnx.load(path, load_external_data=False)).output_kind == "labels"
 
 
 def test_output_parent_is_a_file(tmp_path):
@@ -155,16 +171,16 @@ def test_output_without_onnx_suffix(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--profile", "ade20k"], "unknown profile 'ade20k'"),
+    (["--profile", "ade20k"], "'ade20k' is not one of"),
     (["--size", "130x98", "--dynamic"], "give one of them"),
     (["--size", "12x"], "is not HxW"),
     (["--size", "16x16"], "both sides >= 32"),
     (["--size", "130x98", "--verify-size", "98x130"], "only runs at that size"),
     (["--opset", "99"], "pick a lower --opset"),
 ])
-def test_bad_options(tmp_path, args, fragment):
+def test_bad_options_are_usage_errors(tmp_path, args, fragment):
     result = run("export", "-o", tmp_path / "m.onnx", *args)
-    assert_one_line_error(result, fragment)
+    assert_usage_error(result, fragment)
     assert list(tmp_path.iterdir()) == []
 
 

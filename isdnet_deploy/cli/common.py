@@ -3,19 +3,29 @@ warning, output checks. One place, so the commands behave alike."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..errors import IsdnetError, missing
-from ..fileio import check_output_path
-from ..profiles import DEFAULT_PROFILE, Profile, get_profile
+from ..fileio import atomic_write_bytes, check_output_path
+from ..profiles import DEFAULT_PROFILE, PROFILES, Profile, get_profile, parse_size
 
 REFERENCE = "reference"
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 # Backends that take a ``threads`` option (TensorRT engines fix their own settings).
 THREADED_BACKENDS = ("onnxruntime", "torch")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so a file name holding terminal escape
+    sequences (ESC[2J clears the screen) is shown, not executed."""
+    return str(text).translate(_CONTROL)
 
 
 def warn_random_weights(what: str) -> None:
@@ -89,3 +99,80 @@ def open_artifact(spec: str, *, profile: str | None = None, device: str | None =
         raise IsdnetError(f"{spec} was exported for profile {own}, not {profile}; drop "
                           f"--profile or pass --profile {own}")
     return segmenter, Path(spec).name
+
+
+# --- option types and shared options: a bad value is a usage error (exit 2) ---------------
+
+class SizeType(click.ParamType):
+    """HxW (or a single side for a square), e.g. 1958x1958."""
+
+    name = "HxW"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_size(str(value))
+        except IsdnetError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class DeviceType(click.ParamType):
+    """cpu, cuda or cuda:N."""
+
+    name = "cpu|cuda[:N]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        from ..runtime.backend import Device
+
+        try:
+            return str(Device.parse(value)) if ":" in str(value) else Device.parse(value).kind
+        except IsdnetError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = SizeType()
+DEVICE = DeviceType()
+PROFILE = click.Choice(list(PROFILES), case_sensitive=False)
+
+
+def progress_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--no-progress``; bars are also off whenever stderr is not a terminal."""
+    return click.option("--no-progress", is_flag=True,
+                        help="No progress bars (also off when stderr is not a terminal).")(
+        command)
+
+
+def show_progress(no_progress: bool) -> bool:
+    return not no_progress and sys.stderr.isatty()
+
+
+def json_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--json FILE`` (``-`` or a bare ``--json`` at the end: stdout), the same in every
+    command."""
+    return click.option("--json", "json_path", default=None, metavar="FILE|-",
+                        is_flag=False, flag_value="-",
+                        help=f"Write {what} as JSON to FILE ('-' or a bare --json: stdout).")
+
+
+def check_json_path(path: str | None) -> str | Path | None:
+    """Check a --json destination before the work starts."""
+    if path is None or path == "-":
+        return path
+    return check_output_path(path, ".json")
+
+
+def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
+    """The one JSON spelling: indented, strict (no NaN), atomically written or printed."""
+    from ..metrics.segmentation import jsonable
+
+    if path is None:
+        return
+    text = json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n"
+    if path == "-":
+        click.echo(text, nl=False)
+        return
+    atomic_write_bytes(path, text.encode())
+    click.echo(f"wrote {path}", err=True)

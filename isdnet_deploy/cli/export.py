@@ -26,14 +26,25 @@ from ..contract import (
     PYRAMID_MODES,
     Contract,
 )
-from ..profiles import DEFAULT_PROFILE, get_profile, parse_size
+from ..errors import IsdnetError
+from ..profiles import DEFAULT_PROFILE, get_profile
+from .common import (
+    PROFILE,
+    SIZE,
+    check_json_path,
+    json_option,
+    progress_option,
+    show_progress,
+    write_json,
+)
+
+MIB = 1024 * 1024
 
 
 @contextlib.contextmanager
-def _step(message: str) -> Iterator[None]:
+def _step(message: str, shown: bool) -> Iterator[None]:
     """A transient status line on an interactive stderr, erased afterwards so that an error
     (or the report) is all that stays; nothing at all when stderr is a pipe or a file."""
-    shown = sys.stderr.isatty()
     if shown:
         click.echo(f"{message}…", err=True, nl=False)
     try:
@@ -43,27 +54,49 @@ def _step(message: str) -> Iterator[None]:
             click.echo("\r\033[K", err=True, nl=False)
 
 
+def _deprecated(old: str, new: str) -> None:
+    click.secho(f"deprecated: {old} is now {new}; the old spelling still works for now",
+                fg="yellow", err=True)
+
+
+def _resolve_output(values: tuple[str, ...], legacy_out: str | None,
+                    output_kind: str | None) -> tuple[str, str]:
+    """(file, output kind) from -o/--output, the old --out and the old --output KIND."""
+    files = [v for v in values if v not in OUTPUT_KINDS]
+    kinds = [v for v in values if v in OUTPUT_KINDS]
+    if legacy_out is not None:
+        _deprecated("--out FILE", "-o/--output FILE")
+        files.append(legacy_out)
+    if kinds:
+        _deprecated(f"--output {kinds[-1]}", f"--output-kind {kinds[-1]}")
+        output_kind = output_kind or kinds[-1]
+    if len(files) != 1:
+        raise click.UsageError("give the ONNX file to write once: -o/--output FILE.onnx")
+    return files[0], output_kind or "logits"
+
+
 def _fast_pyramid_available() -> bool:
     return importlib.util.find_spec("isdnet_deploy.export.fast_pyramid") is not None
 
 
 @click.command("export")
 @click.argument("checkpoint", required=False)
-@click.option("-o", "--out", "out", required=True, metavar="FILE.onnx",
-              help="Where to write the ONNX file (its directory must exist).")
+@click.option("-o", "--output", "outputs", multiple=True, metavar="FILE.onnx",
+              help="Where to write the ONNX file (missing folders are created).")
+@click.option("--out", "legacy_out", default=None, hidden=True)
 @click.option("--pyramid", type=click.Choice(PYRAMID_MODES), default="graph", show_default=True,
               help="Laplacian pyramid inside the graph, or computed by the caller and fed as "
                    "a second input 'residual'.")
 @click.option("--input", "input_kind", type=click.Choice(INPUT_KINDS), default="float",
               show_default=True,
               help="float: normalised 1x3xHxW; uint8: RGB bytes 1xHxWx3, normalised in-graph.")
-@click.option("--output", "output_kind", type=click.Choice(OUTPUT_KINDS), default="logits",
-              show_default=True, help="logits 1xCxHxW, or the argmax class map HxW.")
+@click.option("--output-kind", "output_kind", type=click.Choice(OUTPUT_KINDS), default=None,
+              help="logits 1xCxHxW, or the argmax class map HxW.  [default: logits]")
 @click.option("--labels-dtype", type=click.Choice(["uint8", "int32"]), default="uint8",
               show_default=True, help="dtype of the labels output.")
 @click.option("--dynamic", is_flag=True,
               help="Symbolic height and width (the default when no --size is given).")
-@click.option("--size", "size_text", default=None, metavar="HxW",
+@click.option("--size", type=SIZE, default=None,
               help="Fix the input size (static model); excludes --dynamic.")
 @click.option("--opset", type=click.IntRange(min=11), default=None,
               help=f"ONNX opset.  [default: {DEFAULT_OPSET}]")
@@ -71,12 +104,12 @@ def _fast_pyramid_available() -> bool:
               show_default=True, help="torch.onnx exporter.")
 @click.option("--simplify", is_flag=True,
               help="Simplify with onnxslim (parity is checked on the simplified file).")
-@click.option("--profile", "profile_name", default=None,
+@click.option("--profile", "profile_name", type=PROFILE, default=None,
               help="deepglobe, inria or cityscapes; default: inferred from the class count "
                    "(deepglobe for random weights).")
 @click.option("--no-verify", is_flag=True,
               help="Skip the ONNX Runtime vs PyTorch parity check (not recommended).")
-@click.option("--verify-size", "verify_size_text", default=None, metavar="HxW",
+@click.option("--verify-size", type=SIZE, default=None,
               help="Size of the parity check.  [default: --size, else 1002x762]")
 @click.option("--atol", type=click.FloatRange(min=0), default=None,
               help="Absolute logit tolerance.  [default: 1e-4]")
@@ -84,12 +117,15 @@ def _fast_pyramid_available() -> bool:
               help="Tolerance relative to the largest reference logit.  [default: 1e-5]")
 @click.option("--fast-pyramid/--no-fast-pyramid", default=True, show_default=True,
               help="Trace the cheaper, equal pyramid, or the official form.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: str,
-                   output_kind: str, labels_dtype: str, dynamic: bool, size_text: str | None,
-                   opset: int | None, exporter: str, simplify: bool, profile_name: str | None,
-                   no_verify: bool, verify_size_text: str | None, atol: float | None,
-                   rtol: float | None, fast_pyramid: bool, as_json: bool) -> None:
+@json_option("the export report")
+@progress_option
+def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out: str | None,
+                   pyramid: str, input_kind: str, output_kind: str | None, labels_dtype: str,
+                   dynamic: bool, size: tuple[int, int] | None, opset: int | None,
+                   exporter: str, simplify: bool, profile_name: str | None, no_verify: bool,
+                   verify_size: tuple[int, int] | None, atol: float | None,
+                   rtol: float | None, fast_pyramid: bool, json_path: str | None,
+                   no_progress: bool) -> None:
     """Export CHECKPOINT (official ISDNet .pth) to ONNX and check it against PyTorch.
 
     Without CHECKPOINT the model has random weights (warned): fine for timing, useless for
@@ -102,19 +138,23 @@ def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: s
     from ..fileio import check_output_path
 
     # Every cheap check comes before the model is loaded or built (that takes seconds).
-    size = parse_size(size_text) if size_text is not None else None
-    verify_size = parse_size(verify_size_text) if verify_size_text is not None else None
-    check_export_options(pyramid, input_kind, output_kind, labels_dtype, dynamic or size is None,
-                         size, exporter, opset or DEFAULT_OPSET,
-                         None if no_verify else verify_size)
+    out, output_kind = _resolve_output(outputs, legacy_out, output_kind)
+    shown = show_progress(no_progress)
+    try:
+        check_export_options(pyramid, input_kind, output_kind, labels_dtype,
+                             dynamic or size is None, size, exporter, opset or DEFAULT_OPSET,
+                             None if no_verify else verify_size)
+    except IsdnetError as exc:  # a combination of options that cannot work
+        raise click.UsageError(str(exc)) from None
     profile = get_profile(profile_name) if profile_name else None
     out_path = check_output_path(out, ".onnx")
+    json_file = check_json_path(json_path)
 
     started = time.perf_counter()
     if checkpoint:
         from ..model.checkpoint import load_model
 
-        with _step(f"loading {checkpoint}"):
+        with _step(f"loading {checkpoint}", shown):
             model = load_model(checkpoint)
         source = f"checkpoint {checkpoint}"
     else:
@@ -122,7 +162,7 @@ def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: s
 
         click.secho("WARNING: no CHECKPOINT given: exporting RANDOM weights; predictions are "
                     "meaningless, timings are real.", fg="yellow", bold=True, err=True)
-        with _step("building a random-weight model"):
+        with _step("building a random-weight model", shown):
             model = build_model((profile or get_profile(DEFAULT_PROFILE)).num_classes)
         source = "random weights"
     load_seconds = time.perf_counter() - started
@@ -132,7 +172,7 @@ def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: s
     options: dict[str, Any] = {k: v for k, v in (("opset", opset), ("atol", atol),
                                                  ("rtol", rtol)) if v is not None}
     message = "exporting" if no_verify else "exporting and verifying in ONNX Runtime"
-    with _step(message):
+    with _step(message, shown):
         report = export_onnx(model, out_path, pyramid=pyramid, input=input_kind,
                              output=output_kind, labels_dtype=labels_dtype,
                              dynamic=size is None, size=size, exporter=exporter,
@@ -141,11 +181,12 @@ def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: s
                              fast_pyramid=fast_pyramid, **options)
     fast_used = fast_pyramid and pyramid == "graph" and _fast_pyramid_available()
 
-    if as_json:
+    if json_path is not None:
         data = report.as_dict()
         data.update(source=source, load_seconds=load_seconds, fast_pyramid=fast_used)
-        click.echo(json.dumps(data, indent=2))
-        return
+        write_json(json_file, data)
+        if json_file == "-":
+            return
     for line in _export_lines(report, source, load_seconds, fast_used):
         click.echo(line)
 
@@ -160,7 +201,7 @@ def _export_lines(report: Any, source: str, load_seconds: float, fast_used: bool
         pyramid = "pyramid external (input 'residual')"
     output = c.output_kind if c.output_kind == "logits" else f"labels {c.outputs[0].dtype}"
     lines = [
-        f"wrote {report.path} ({report.file_bytes / 1e6:.1f} MB) from {source} "
+        f"wrote {report.path} ({report.file_bytes / MIB:.1f} MiB) from {source} "
         f"(loaded in {load_seconds:.1f} s)",
         f"  variant: {pyramid}, input {c.input_kind}, output {output}, {size}, "
         f"opset {c.opset}, {c.exporter}{', simplified' if report.simplified else ''}",
@@ -239,8 +280,8 @@ def _mismatches(contract: Contract, inputs: list[dict[str, Any]],
 
 @click.command("inspect")
 @click.argument("model_path", metavar="MODEL.onnx")
-@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON on stdout.")
-def inspect_command(model_path: str, as_json: bool) -> None:
+@json_option("everything shown")
+def inspect_command(model_path: str, json_path: str | None) -> None:
     """Show an ONNX file's isdnet-deploy contract and its graph's actual inputs/outputs.
 
     Exit status: 0 for a file exported by isdnet-deploy; 1 when the file cannot be read as
@@ -251,6 +292,7 @@ def inspect_command(model_path: str, as_json: bool) -> None:
     """
     from ..contract import load_onnx_proto, read_onnx_contract
 
+    json_file = check_json_path(json_path)
     proto = load_onnx_proto(model_path)
     contract = read_onnx_contract(proto)
     inputs, outputs = _graph_io(proto)
@@ -270,9 +312,8 @@ def inspect_command(model_path: str, as_json: bool) -> None:
     }
     problems = _mismatches(contract, inputs, outputs) if contract is not None else []
 
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-    else:
+    write_json(json_file, info)
+    if json_file != "-":
         _print_inspection(info, contract)
     for problem in problems:
         click.secho(f"warning: {problem}; the file may have been edited after export",
@@ -288,7 +329,7 @@ def _print_inspection(info: dict[str, Any], contract: Contract | None) -> None:
     opsets = ", ".join(f"{d} {v}" for d, v in info["opsets"].items())
     weights = f"external ({', '.join(info['external_data'])})" if info["external_data"] \
         else "embedded"
-    click.echo(f"{info['path']}: {info['file_bytes'] / 1e6:.1f} MB, producer "
+    click.echo(f"{info['path']}: {info['file_bytes'] / MIB:.1f} MiB, producer "
                f"{info['producer'] or 'unknown'}, IR {info['ir_version']}, opset {opsets}, "
                f"{info['nodes']} nodes, weights {weights}")
     if contract is not None:

@@ -150,8 +150,8 @@ def scores(conf: np.ndarray, class_names: Sequence[str],
 
 
 def jsonable(value: Any) -> Any:
-    """Replace NaN by None recursively, since strict JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
+    """Replace NaN and infinities by None recursively, since strict JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
