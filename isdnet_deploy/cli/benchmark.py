@@ -11,8 +11,20 @@ import click
 from ..benchmark import report
 from ..benchmark.protocol import PAPER_ITERS, PAPER_WARMUP
 from ..errors import IsdnetError
-from ..profiles import Profile, get_profile, parse_size
-from .common import open_artifact, output_file, reference_backend
+from ..profiles import Profile, get_profile
+from .common import (
+    DEVICE,
+    PROFILE,
+    SIZE,
+    check_json_path,
+    json_option,
+    open_artifact,
+    output_file,
+    progress_option,
+    reference_backend,
+    show_progress,
+    write_json,
+)
 
 # --- benchmark ------------------------------------------------------------------------------
 
@@ -21,9 +33,9 @@ from .common import open_artifact, output_file, reference_backend
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Official ISDNet .pth for the PyTorch reference; without it, random weights "
                    "(loudly warned; timings are still real).")
-@click.option("--profile", default="deepglobe", show_default=True,
-              help="deepglobe, inria or cityscapes (classes and default size).")
-@click.option("--size", default=None,
+@click.option("--profile", type=PROFILE, default="deepglobe", show_default=True,
+              help="Classes and default size.")
+@click.option("--size", type=SIZE, default=None,
               help="Input HxW; default the profile's test size (DeepGlobe 1958x1958).")
 @click.option("--warmup", type=click.IntRange(min=0), default=PAPER_WARMUP, show_default=True,
               help="Warm-up forwards per method (paper: 20).")
@@ -33,7 +45,7 @@ from .common import open_artifact, output_file, reference_backend
               help="Also run A B A B ... rounds and report the median FPS ratio.")
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Rounds for --interleave.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
 @click.option("--backend", default="auto", show_default=True,
               help="Backend for every ARTIFACT (auto: by extension; onnxruntime, tensorrt, "
                    "torch).")
@@ -44,8 +56,7 @@ from .common import open_artifact, output_file, reference_backend
 @click.option("--include-pyramid", is_flag=True,
               help="For external-pyramid artifacts, add a row that also computes the OpenCV "
                    "pyramid in every forward.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write every measurement and the machine description here.")
+@json_option("every measurement and the machine description")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write an FPS bar chart with speed-ups (PNG).")
 @click.option("--flops/--no-flops", default=True, show_default=True,
@@ -56,11 +67,13 @@ from .common import open_artifact, output_file, reference_backend
               help="After timing, profile each ONNX Runtime artifact (separate session) and "
                    "print its top op types, stages and nodes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input.")
+@progress_option
 def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profile: str,
-                      size: str | None, warmup: int, iters: int, interleave: bool, rounds: int,
-                      device: str, backend: str, threads: int | None, no_reference: bool,
-                      include_pyramid: bool, json_path: str | None, plot_path: str | None,
-                      flops: bool, peak: bool, ort_profile: bool, seed: int) -> None:
+                      size: tuple[int, int] | None, warmup: int, iters: int, interleave: bool,
+                      rounds: int, device: str, backend: str, threads: int | None,
+                      no_reference: bool, include_pyramid: bool, json_path: str | None,
+                      plot_path: str | None, flops: bool, peak: bool, ort_profile: bool,
+                      seed: int, no_progress: bool) -> None:
     """Time the PyTorch reference and ARTIFACTs (.onnx, .engine, .pth) with the paper's
     FPS protocol: 20 warm-up + 100 timed forwards on a random 1x3xHxW input, FPS = 100 /
     total, the reference re-warmed before each later method.
@@ -81,8 +94,9 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
     from ..benchmark.protocol import run_interleaved, run_protocol
 
     prof = get_profile(profile)
-    hw = parse_size(size) if size else prof.test_size
-    json_file = output_file(json_path, ".json")
+    hw = size or prof.test_size
+    progress = show_progress(no_progress)
+    json_file = check_json_path(json_path)
     plot_file = output_file(plot_path, ".png")
     if no_reference and not artifacts:
         raise IsdnetError("nothing to benchmark: --no-reference with no ARTIFACT; pass an "
@@ -128,8 +142,10 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
         click.echo(f"benchmark at {hw[0]}x{hw[1]} on {device}: {warmup} warm-up + {iters} timed "
                    f"forwards per method" + ("" if (warmup, iters) == (PAPER_WARMUP, PAPER_ITERS)
                                              else " (the paper uses 20 + 100)"), err=True)
-        results = run_protocol(methods, warmup, iters, peak_gflops=peak_gflops)
-        inter = run_interleaved(methods, rounds, iters, warmup) if interleave else None
+        results = run_protocol(methods, warmup, iters, peak_gflops=peak_gflops,
+                               progress=progress)
+        inter = (run_interleaved(methods, rounds, iters, warmup, progress=progress)
+                 if interleave else None)
 
         click.echo(report.format_table(results, machine))
         if inter is not None:
@@ -156,9 +172,7 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
                     "artifacts": list(artifacts), "flops_per_forward": flop_count,
                     "rounds": rounds if interleave else None, "notes": notes,
                     "ort_profile": profiles or None}
-        if json_file is not None:
-            report.write_json(json_file, report.to_json(results, inter, machine, settings))
-            click.echo(f"wrote {json_file}")
+        write_json(json_file, report.to_json(results, inter, machine, settings))
         if plot_file is not None:
             report.plot_fps(results, plot_file, title=f"ISDNet {hw[0]}x{hw[1]}, {device}")
             click.echo(f"wrote {plot_file}")

@@ -12,12 +12,23 @@ from typing import Any
 import click
 import numpy as np
 
-from ..benchmark import report
 from ..errors import IsdnetError
 from ..metrics.comparator import Comparator, Outputs, Side
-from ..profiles import Profile, get_profile, parse_size
+from ..profiles import Profile, get_profile
 from ..tables import grid, percent, points, scientific
-from .common import REFERENCE, open_artifact, output_file
+from .common import (
+    DEVICE,
+    PROFILE,
+    REFERENCE,
+    SIZE,
+    check_json_path,
+    json_option,
+    open_artifact,
+    output_file,
+    progress_option,
+    show_progress,
+    write_json,
+)
 
 
 @dataclass
@@ -87,33 +98,35 @@ def _heatmap_path(base: Path, index: int, count: int, name: str) -> Path:
 @click.option("--labels", type=click.Path(file_okay=False), default=None,
               help="Ground-truth masks for --images: adds mIoU, per-class IoU, F1 and pixel "
                    "accuracy per backend (DeepGlobe: may be the --images folder).")
-@click.option("--size", default=None,
+@click.option("--size", type=SIZE, default=None,
               help="HxW of the random inputs; default the profile's test size.")
-@click.option("--profile", default="deepglobe", show_default=True,
+@click.option("--profile", type=PROFILE, default="deepglobe", show_default=True,
               help="Profile for a random-weights reference and for reading masks.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--heatmap", type=click.Path(dir_okay=False), default=None,
               help="PNG of where each candidate's labels differ from the reference's (on the "
                    "input where they differ most); one file per candidate when several.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write all figures as JSON.")
+@json_option("all figures")
+@progress_option
 def compare_command(reference_path: str, candidates: tuple[str, ...], random_count: int,
-                    images: str | None, labels: str | None, size: str | None, profile: str,
-                    device: str, threads: int | None, heatmap: str | None,
-                    json_path: str | None) -> None:
+                    images: str | None, labels: str | None, size: tuple[int, int] | None,
+                    profile: str, device: str, threads: int | None, heatmap: str | None,
+                    json_path: str | None, no_progress: bool) -> None:
     """How closely each CANDIDATE reproduces REFERENCE (a .pth checkpoint, the word
     'reference' for the random-weights model, or any artifact): max/mean |logit diff|,
     cosine similarity, argmax agreement and mIoU of its labels against the reference's.
 
     Example: isdnet-deploy compare reference runs/demo/isdnet_deepglobe.onnx --random 3
     """
+    from tqdm.auto import tqdm
+
     from ..metrics.parity import disagreement_heatmap
-    from ..metrics.segmentation import ConfusionAccumulator, jsonable
+    from ..metrics.segmentation import ConfusionAccumulator
 
     prof = get_profile(profile)
-    hw = parse_size(size) if size else prof.test_size
-    json_file = output_file(json_path, ".json")
+    hw = size or prof.test_size
+    json_file = check_json_path(json_path)
     heatmap_file = output_file(heatmap, ".png")
     inputs, described = _inputs(images, labels, random_count, hw, prof)
     scale = images is not None
@@ -140,7 +153,8 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
 
         click.echo(f"comparing {len(sides)} candidate(s) with {ref_name} on {described}",
                    err=True)
-        for item in inputs:
+        for item in tqdm(inputs, desc="compare", unit="input",
+                         disable=not show_progress(no_progress)):
             image = item.load_image()
             mask = item.load_mask() if item.load_mask else None
             outputs = comparator.add((image, mask))
@@ -150,7 +164,6 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
                 if stats.worst_index == comparator.count - 1:
                     worst[stats.name] = (image, outputs[ref_name].labels,
                                          outputs[stats.name].labels)
-            click.echo(f"  {item.name} done", err=True)
 
     summaries = []
     for (path, segmenter), stats in zip(others, comparator.stats, strict=True):
@@ -181,9 +194,7 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
                                            _heatmap_path(heatmap_file, i, len(sides),
                                                          others[i][0]), image=image)
             click.echo(f"wrote {written} ({stats.worst_disagree} disagreeing pixels)")
-    if json_file is not None:
-        report.write_json(json_file, jsonable(result))
-        click.echo(f"wrote {json_file}")
+    write_json(json_file, result)
 
 
 def _accuracy_report(accuracy: dict, ref_name: str, class_names: list[str],

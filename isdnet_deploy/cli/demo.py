@@ -13,7 +13,9 @@ from pathlib import Path
 import click
 
 from ..benchmark.protocol import PAPER_ITERS, PAPER_WARMUP
+from ..fileio import check_writable_dir
 from ..profiles import get_profile, parse_size
+from .common import PROFILE, SIZE, progress_option, show_progress
 
 DEMO_SIZE = "1024x1024"
 DEMO_WARMUP = 5
@@ -23,9 +25,8 @@ DEMO_ITERS = 20
 @click.command("demo")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Official ISDNet .pth; without it, random weights (loudly warned).")
-@click.option("--profile", default="deepglobe", show_default=True,
-              help="deepglobe, inria or cityscapes.")
-@click.option("--size", default=None,
+@click.option("--profile", type=PROFILE, default="deepglobe", show_default=True)
+@click.option("--size", type=SIZE, default=None,
               help=f"HxW of the benchmark input [default: {DEMO_SIZE}; with --paper the "
                    "profile's test size].")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default="runs/demo",
@@ -36,8 +37,10 @@ DEMO_ITERS = 20
 @click.option("--warmup", type=click.IntRange(min=0), default=None, hidden=True)
 @click.option("--iters", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--peak/--no-peak", default=True, hidden=True)
-def demo_command(checkpoint: str | None, profile: str, size: str | None, output: str,
-                 paper: bool, warmup: int | None, iters: int | None, peak: bool) -> None:
+@progress_option
+def demo_command(checkpoint: str | None, profile: str, size: tuple[int, int] | None,
+                 output: str, paper: bool, warmup: int | None, iters: int | None, peak: bool,
+                 no_progress: bool) -> None:
     """Export the reference model to ONNX (verified) and time ONNX Runtime against
     PyTorch on the CPU, writing the ONNX file, benchmark.json and fps.png.
 
@@ -58,11 +61,10 @@ def demo_command(checkpoint: str | None, profile: str, size: str | None, output:
 
     started = time.perf_counter()
     prof = get_profile(profile)
-    hw = parse_size(size) if size else (prof.test_size if paper else parse_size(DEMO_SIZE))
+    hw = size or (prof.test_size if paper else parse_size(DEMO_SIZE))
     warmup = warmup if warmup is not None else (PAPER_WARMUP if paper else DEMO_WARMUP)
     iters = iters if iters is not None else (PAPER_ITERS if paper else DEMO_ITERS)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir(output)
 
     reference = reference_backend(checkpoint, prof, "cpu", None)
     model = reference.model
@@ -87,7 +89,8 @@ def demo_command(checkpoint: str | None, profile: str, size: str | None, output:
     methods = [torch_method(model, hw, flops=flops),
                segmenter_method(segmenter, hw, name="onnxruntime fp32", flops=flops)]
     peak_gflops = measure_peak_gflops("cpu") if peak else None
-    results = run_protocol(methods, warmup, iters, peak_gflops=peak_gflops)
+    results = run_protocol(methods, warmup, iters, peak_gflops=peak_gflops,
+                           progress=show_progress(no_progress))
     machine = machine_info()
     if peak_gflops:
         machine["matmul_gflops"] = peak_gflops

@@ -7,7 +7,6 @@ files and list every failure at the end with a non-zero exit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,49 +17,59 @@ from ..apps.batch import BatchReport
 from ..apps.evaluate import ArtifactResult, evaluate_pairs, result_scores
 from ..apps.infer import collect_inputs, infer_files
 from ..errors import IsdnetError
-from ..profiles import DEFAULT_PROFILE, Profile, get_profile, parse_size
+from ..fileio import check_writable_dir
+from ..profiles import DEFAULT_PROFILE, Profile, get_profile
 from ..runtime.predictor import Predictor, TileSettings
 from ..tables import grid, percent, points
-from .common import REFERENCE, open_artifact
+from .common import (
+    DEVICE,
+    PROFILE,
+    REFERENCE,
+    SIZE,
+    check_json_path,
+    json_option,
+    open_artifact,
+    progress_option,
+    show_progress,
+    write_json,
+)
 
 _SHOW = 10  # unpaired files named on the console (all of them go to the JSON)
 
 
-def tile_settings(tile: str | None, max_size: str | None, overlap: float) -> TileSettings:
+def tile_settings(tile: tuple[int, int] | None, max_size: tuple[int, int] | None,
+                  overlap: float) -> TileSettings:
     if tile and max_size:
-        raise IsdnetError("--tile always tiles at that size, --max-size tiles only larger "
-                          "images: give one of them")
-    return TileSettings(tile=parse_size(tile) if tile else None,
-                        max_size=parse_size(max_size) if max_size else None, overlap=overlap)
+        raise click.UsageError("--tile always tiles at that size, --max-size tiles only larger "
+                               "images: give one of them")
+    return TileSettings(tile=tile, max_size=max_size, overlap=overlap)
 
 
 def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--profile", default=None,
-                     help="deepglobe, inria or cityscapes: the classes of 'reference' and "
-                          ".pth artifacts, and how masks are read [default: the artifact's "
-                          "own, else deepglobe]."),
-        click.option("--device", default=None,
-                     help="cpu or cuda [default: cuda for TensorRT engines, else cpu]."),
+        click.option("--profile", type=PROFILE, default=None,
+                     help="The classes of 'reference' and .pth artifacts, and how masks are "
+                          "read [default: the artifact's own, else deepglobe]."),
+        click.option("--device", type=DEVICE, default=None,
+                     help="[default: cuda for TensorRT engines, else cpu]."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for ONNX Runtime / PyTorch."),
         click.option("--no-scale", is_flag=True,
                      help="Feed images at their own size instead of the profile's test "
                           "scale (DeepGlobe: x0.8)."),
-        click.option("--tile", default=None,
+        click.option("--tile", type=SIZE, default=None,
                      help="Always tile with HxW tiles (network pixels, after the test scale)."),
-        click.option("--max-size", default=None,
+        click.option("--max-size", type=SIZE, default=None,
                      help="Memory budget: tile images larger than HxW (network pixels) with "
                           "tiles of that size. Static models and TensorRT engines tile at "
                           "their own limits without it."),
         click.option("--overlap", type=click.FloatRange(min=0), default=0.25,
                      show_default=True,
                      help="Tile overlap: a fraction of the tile (< 1) or pixels (>= 1)."),
-        click.option("--no-progress", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return progress_option(command)
 
 
 def _ms(value: float) -> str:
@@ -87,14 +96,14 @@ def _report_failures(report: BatchReport, what: str) -> None:
 @click.argument("artifact")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="Folder for <stem>_labels.png (and overlays); created if missing.")
+              help="Folder for <stem>_labels.png (and overlays); missing folders are created.")
 @click.option("--overlay", "overlay_images", is_flag=True,
               help="Also write <stem>_overlay.jpg/png: class colours blended over the image.")
 @_runtime_options
 def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_images: bool,
                   profile: str | None, device: str | None, threads: int | None,
-                  no_scale: bool, tile: str | None, max_size: str | None, overlap: float,
-                  no_progress: bool) -> None:
+                  no_scale: bool, tile: tuple[int, int] | None,
+                  max_size: tuple[int, int] | None, overlap: float, no_progress: bool) -> None:
     """Segment JPEG/PNG/TIFF images (files or folders) with ARTIFACT.
 
     ARTIFACT is an .onnx, .engine or .pth file, or 'reference' (random weights). Each
@@ -109,6 +118,7 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
     Example: isdnet-deploy infer model.onnx images/ -o out/ --overlay
     """
     tiles = tile_settings(tile, max_size, overlap)
+    check_writable_dir(output)
     paths, failures = collect_inputs(inputs, output)
     if not paths:
         if not failures:
@@ -124,7 +134,7 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
         predictor = Predictor(segmenter, tiles)
         report = BatchReport(total=len(failures), failures=list(failures))
         infer_files(predictor, paths, output, overlay_images=overlay_images,
-                    progress=not no_progress, report=report)
+                    progress=show_progress(no_progress), report=report)
     click.echo(f"{name} ({segmenter.backend.name}): {report.done} of {report.total} inputs "
                f"segmented into {output}")
     if report.done:
@@ -209,13 +219,13 @@ def _artifact_json(result: ArtifactResult, scores: dict[str, Any], report: Batch
               help="Folder of images.")
 @click.option("--labels", default=None, type=click.Path(file_okay=False),
               help="Folder of masks [default: --images; DeepGlobe keeps both in one folder].")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
-              help="Also write all metrics, confusion matrices and failures as JSON.")
+@json_option("all metrics, confusion matrices and failures")
 @_runtime_options
 def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None,
                      json_path: str | None, profile: str | None, device: str | None,
-                     threads: int | None, no_scale: bool, tile: str | None,
-                     max_size: str | None, overlap: float, no_progress: bool) -> None:
+                     threads: int | None, no_scale: bool, tile: tuple[int, int] | None,
+                     max_size: tuple[int, int] | None, overlap: float,
+                     no_progress: bool) -> None:
     """Accuracy of one or more ARTIFACTS on images with ground-truth masks.
 
     Per-class IoU, F1, precision and recall, mIoU and pixel accuracy (the paper's metrics)
@@ -226,10 +236,10 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
     Example: isdnet-deploy evaluate model.pth model.onnx --images data/val --json eval.json
     """
     from ..data.datasets import pair_files
-    from ..fileio import atomic_write_bytes
     from ..metrics.segmentation import DEFINITIONS, format_scores
 
     tiles = tile_settings(tile, max_size, overlap)
+    json_file = check_json_path(json_path)
     opened: dict[str, tuple[Any, str]] = {}
     try:
         for spec in artifacts:  # files first: they are quick to open and name the profile
@@ -254,7 +264,8 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
                 name += "'"
             names.add(name)
             predictors.append((name, Predictor(segmenter, tiles)))
-        results, report = evaluate_pairs(predictors, pairs, prof, progress=not no_progress)
+        results, report = evaluate_pairs(predictors, pairs, prof,
+                                         progress=show_progress(no_progress))
     finally:
         for segmenter, _ in opened.values():
             segmenter.close()
@@ -274,7 +285,7 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
         click.echo(parity_table(rows))
     if report.tiled:
         click.echo(f"tiled: {report.tiled} of {report.done} images (overlap {overlap})")
-    if json_path:
+    if json_file is not None:
         ref = rows[0]["scores"]
         document = {
             "definitions": DEFINITIONS,
@@ -291,6 +302,5 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
             "artifacts": [_artifact_json(r["result"], r["scores"], report, ref)
                           for r in rows],
         }
-        atomic_write_bytes(json_path, json.dumps(document, indent=2).encode())
-        click.echo(f"wrote {json_path}")
+        write_json(json_file, document)
     _report_failures(report, "image/mask pairs")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import click
 
-from ..profiles import parse_size
+from ..fileio import check_output_path
+from .common import SIZE, check_json_path, json_option, progress_option, show_progress, write_json
 
 
 def _show(message: Warning | str, category: type[Warning], *args: object,
@@ -27,7 +27,7 @@ def _show(message: Warning | str, category: type[Warning], *args: object,
               help="Use at most this many images from --calib (seeded pick).")
 @click.option("--num-synthetic", default=16, show_default=True,
               help="Synthetic calibration images when --calib is not given.")
-@click.option("--size", default=None,
+@click.option("--size", type=SIZE, default=None,
               help="HxW of calibration/verification inputs for dynamic models "
                    "[default: 512x512].")
 @click.option("--keep-fp32", default=None,
@@ -41,18 +41,18 @@ def _show(message: Warning | str, category: type[Warning], *args: object,
 @click.option("--seed", default=0, show_default=True, help="Seed for picks and synthetic images.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output ONNX [default: MODEL with .fp16.onnx / .int8.onnx].")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the verification report as JSON.")
+@json_option("the verification report")
+@click.option("--report", "report_path", default=None, hidden=True)
 @click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt",
               show_default=True,
               help="int8 only: tensorrt = symmetric s8 activations (explicit quantization); "
                    "cpu = u8 activations that ONNX Runtime's x86 kernels fuse.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@progress_option
 def quantize_command(model: str, precision: str, calib: str | None, max_calib: int,
-                     num_synthetic: int, size: str | None, keep_fp32: str | None,
+                     num_synthetic: int, size: tuple[int, int] | None, keep_fp32: str | None,
                      num_verify: int, min_agreement: float | None, seed: int,
-                     output: str | None, report_path: str | None, target: str,
-                     no_progress: bool) -> None:
+                     output: str | None, json_path: str | None, report_path: str | None,
+                     target: str, no_progress: bool) -> None:
     """Convert an exported FP32 ONNX model to FP16 or INT8 for TensorRT 10 and 11.
 
     Example: isdnet-deploy quantize model.onnx --precision int8 --calib images/ -o model.int8.onnx
@@ -60,10 +60,14 @@ def quantize_command(model: str, precision: str, calib: str | None, max_calib: i
     from ..engine import precision as prec
 
     src = Path(model)
-    dst = Path(output) if output else src.with_name(f"{src.stem}.{precision}.onnx")
-    hw = parse_size(size) if size else None
-    common = {"num_verify": num_verify, "size": hw, "min_agreement": min_agreement,
-              "seed": seed, "progress": not no_progress}
+    dst = check_output_path(output or src.with_name(f"{src.stem}.{precision}.onnx"), ".onnx")
+    if report_path is not None:
+        click.secho("deprecated: --report FILE is now --json FILE; the old spelling still "
+                    "works for now", fg="yellow", err=True)
+        json_path = json_path or report_path
+    json_file = check_json_path(json_path)
+    common = {"num_verify": num_verify, "size": size, "min_agreement": min_agreement,
+              "seed": seed, "progress": show_progress(no_progress)}
     with warnings.catch_warnings():
         # Shown as they happen (the synthetic-calibration warning before calibrating).
         warnings.simplefilter("always", prec.CalibrationWarning)
@@ -76,7 +80,7 @@ def quantize_command(model: str, precision: str, calib: str | None, max_calib: i
         else:
             report = prec.quantize_int8(src, dst, calib, num_synthetic=num_synthetic,
                                         max_images=max_calib, target=target, **common)
-    for key, value in report.rows():
-        click.echo(f"{key:>18}: {value}")
-    if report_path:
-        Path(report_path).write_text(json.dumps(report.to_dict(), indent=2))
+    if json_file != "-":
+        for key, value in report.rows():
+            click.echo(f"{key:>18}: {value}")
+    write_json(json_file, report.to_dict())
