@@ -109,8 +109,10 @@ class FakeCuda(types.ModuleType):
 
     cudaError_t = cudaError_t
     cudaMemcpyKind = cudaMemcpyKind
-    cudaEventDisableTiming = 2  # driver_types.h: #define cudaEventDisableTiming 0x02
-    cudaStreamLegacy, cudaStreamPerThread = 1, 2  # driver_types.h: ((cudaStream_t)0x1), 0x2
+    # cuda-python's runtime declarations (cyruntime): cudaEventDisableTiming = 0x02,
+    # cudaStreamLegacy = 0x1, cudaStreamPerThread = 0x2.
+    cudaEventDisableTiming = 2
+    cudaStreamLegacy, cudaStreamPerThread = 1, 2
 
     def __init__(self, gpus: tuple[tuple[str, tuple[int, int]], ...] = ((GPU, (9, 0)),),
                  no_device: cudaError_t = cudaError_t.cudaErrorNoDevice) -> None:
@@ -215,7 +217,8 @@ class FakeCuda(types.ModuleType):
         return (cudaError_t.cudaSuccess,)
 
     def cudaStreamDestroy(self, stream):
-        # CUDA Runtime API: work still queued completes, then the stream is released.
+        # CUDA Runtime API (recollection): work still queued completes, then the stream is
+        # released.
         handle = int(stream)
         self.calls.append(("cudaStreamDestroy", handle, self.current))
         if handle not in self.streams or handle in (1, 2):
@@ -291,8 +294,8 @@ class DeviceBuffer:
 class DLPackCuda:
     """Claims to live on a CUDA device and behaves as a DLPack producer should: its pending
     work (queued on ``producer``) is ordered before the consumer's ``stream``; ``None`` means
-    the legacy default stream (DLPack / array API ``__dlpack__`` specification). The capsule
-    is NumPy's."""
+    the legacy default stream and -1 no ordering (array API standard, ``__dlpack__``;
+    recollection). The capsule is NumPy's."""
 
     def __init__(self, array: np.ndarray, cuda: FakeCuda | None = None,
                  producer: int | None = None) -> None:

@@ -79,10 +79,11 @@ def tensorrt_logger(trt: ModuleType) -> Any:
     """The one ``trt.ILogger`` of this process, forwarding to Python logging.
 
     TensorRT keeps the first logger it is given for the process: a builder or runtime made
-    later with another logger gets a warning and the first logger's behaviour (reading of
-    the issue that checked TensorRT 10.16/11.1; NvInferRuntime.h says only that the global
-    ``getLogger()`` is the first one). So every builder and runtime here shares one logger,
-    as Polygraphy's ``get_trt_logger`` does, and the level is a process setting
+    later with another logger gets a warning and the first logger stays in use (issue 19's
+    reading of TensorRT 10.16/11.1, and TensorRT's warning "The logger passed into
+    createInferRuntime differs from one already provided…" as recalled; the headers only
+    document the global ``getLogger()``). So every builder and runtime here shares one
+    logger, as Polygraphy's ``get_trt_logger`` does, and the level is a process setting
     (``set_log_level``) read when a message arrives. One logger per ``tensorrt`` module
     object: a real process has one; tests pass stand-in modules.
     """
