@@ -28,12 +28,13 @@ def _torch(request, tmp_path):
 
 
 def _tensorrt(request, tmp_path):
-    from test_tensorrt_runtime import FakeCudart, fake_tensorrt, write_engine
+    from trt_standins import FakeCuda, fake_tensorrt, write_engine
 
     from isdnet_deploy.runtime.tensorrt_backend import TensorRTBackend
 
-    return TensorRTBackend(write_engine(tmp_path), trt_module=fake_tensorrt(),
-                           cudart_module=FakeCudart())
+    cuda = FakeCuda()
+    return TensorRTBackend(write_engine(tmp_path), trt_module=fake_tensorrt(cuda=cuda),
+                           cudart_module=cuda)
 
 
 OPENERS = {"onnxruntime": _onnxruntime, "torch": _torch, "tensorrt (stand-in)": _tensorrt}

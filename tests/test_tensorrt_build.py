@@ -1,17 +1,17 @@
-"""Engine building, checked against a recording stand-in for the TensorRT Python API.
+"""Engine building, checked against the stand-ins of ``trt_standins``.
 
-TensorRT cannot be installed on the test machines, so ``build_engine`` is driven with a
-test double that has the documented attribute set of TensorRT 10.x (``BuilderFlag.FP16`` /
-``INT8`` present, ``STRONGLY_TYPED`` creation flag) or 11.x (precision flags gone) and
-records every call; the tests check the translation of options into those calls.
+TensorRT cannot be installed on the test machines, so ``build_engine`` is driven with
+stand-ins that take their enum values and behaviours from TensorRT 10.16's and 11.1's
+headers and bindings (``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is 1 in 10.x and a
+deprecated, ignored 0 in 11.x; ``BuilderFlag.FP16``/``INT8`` exist only in 10.x; a foreign
+timing cache gives None; ``set_shape`` raises on inconsistent dims) and record every call;
+the tests check the translation of options into those calls.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +19,25 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
+from trt_standins import GPU, TRT10, TRT11, FakeCuda, Severity, cudaError_t, fake_tensorrt
 
 from isdnet_deploy.cli.build import build_command
 from isdnet_deploy.contract import Contract, TensorSpec, embed_in_onnx
 from isdnet_deploy.engine import trt_compat
-from isdnet_deploy.engine.build import build_engine as _build_engine
 from isdnet_deploy.engine.build import (
+    BuildReport,
+    PrecisionPlan,
+    _build_serialized,
     derive_profile_shapes,
     graph_precision,
     input_profiles,
     plan_precision,
 )
-from isdnet_deploy.engine.sidecar import (
+from isdnet_deploy.engine.build import build_engine as _build_engine
+from isdnet_deploy.errors import IsdnetError, MissingDependencyError
+from isdnet_deploy.profiles import CITYSCAPES, DEEPGLOBE
+from isdnet_deploy.runtime import tensorrt_support as support
+from isdnet_deploy.runtime.engine_sidecar import (
     EngineSidecar,
     check_compatible,
     read_engine_bytes,
@@ -38,166 +45,17 @@ from isdnet_deploy.engine.sidecar import (
     sha256_bytes,
     sidecar_path,
 )
-from isdnet_deploy.errors import IsdnetError, MissingDependencyError
-from isdnet_deploy.profiles import CITYSCAPES, DEEPGLOBE
-
-# --- the recording stand-in ------------------------------------------------------------------
-
-
-class Severity(enum.Enum):
-    INTERNAL_ERROR = 0
-    ERROR = 1
-    WARNING = 2
-    INFO = 3
-    VERBOSE = 4
-
-
-def fake_tensorrt(version: str = "10.9.0", weak_flags: bool = True,
-                  strongly_typed: bool = True, parse_ok: bool = True,
-                  build_ok: bool = True) -> types.ModuleType:
-    """A module shaped like ``tensorrt`` 10.x (weak_flags) or 11.x (not), recording calls."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.calls = []
-    record = trt.calls.append
-
-    class ILogger:
-        Severity = Severity
-
-        def __init__(self) -> None:
-            record(("ILogger.__init__",))
-
-    class IProgressMonitor:
-        def __init__(self) -> None:
-            record(("IProgressMonitor.__init__",))
-
-    flags = {"TF32": "TF32", "REFIT": "REFIT"}
-    if weak_flags:
-        flags.update(FP16="FP16", INT8="INT8", BF16="BF16")
-    trt.BuilderFlag = types.SimpleNamespace(**flags)
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(
-        **({"STRONGLY_TYPED": 1} if strongly_typed else {}))
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.ILogger, trt.IProgressMonitor = ILogger, IProgressMonitor
-
-    class TimingCache:
-        def __init__(self, data: bytes) -> None:
-            self.data = data
-
-        def serialize(self) -> bytearray:
-            return bytearray(b"CACHE:" + self.data)
-
-    class Network:
-        def __init__(self) -> None:
-            self.inputs: list[str] = []
-
-        @property
-        def num_inputs(self) -> int:
-            return len(self.inputs)
-
-        def get_input(self, i: int) -> types.SimpleNamespace:
-            return types.SimpleNamespace(name=self.inputs[i])
-
-    class Config:
-        def __init__(self) -> None:
-            self.cache = None
-
-        def set_memory_pool_limit(self, pool, size) -> None:
-            record(("set_memory_pool_limit", pool, size))
-
-        @property
-        def builder_optimization_level(self) -> int:
-            return 3
-
-        @builder_optimization_level.setter
-        def builder_optimization_level(self, level: int) -> None:
-            record(("builder_optimization_level", level))
-
-        def set_flag(self, flag) -> None:
-            record(("set_flag", flag))
-
-        def add_optimization_profile(self, profile) -> int:
-            record(("add_optimization_profile", profile.shapes))
-            return 0
-
-        def create_timing_cache(self, data: bytes) -> TimingCache:
-            record(("create_timing_cache", bytes(data)))
-            return TimingCache(bytes(data))
-
-        def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
-            record(("set_timing_cache", cache.data, ignore_mismatch))
-            self.cache = cache
-            return cache.data != b"stale"
-
-        def get_timing_cache(self) -> TimingCache:
-            return self.cache
-
-        def __setattr__(self, name, value) -> None:
-            if name == "progress_monitor":
-                record(("progress_monitor", type(value).__name__))
-            object.__setattr__(self, name, value)
-
-    class Profile:
-        def __init__(self) -> None:
-            self.shapes = {}
-
-        def set_shape(self, name, low, opt, high) -> None:
-            record(("set_shape", name, list(low), list(opt), list(high)))
-            self.shapes[name] = (list(low), list(opt), list(high))
-
-    class Builder:
-        def __init__(self, logger) -> None:
-            record(("Builder", type(logger).__mro__[1].__name__))
-
-        def create_network(self, flags: int = 0) -> Network:
-            record(("create_network", flags))
-            return Network()
-
-        def create_builder_config(self) -> Config:
-            return Config()
-
-        def create_optimization_profile(self) -> Profile:
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            record(("build_serialized_network",))
-            return bytearray(b"FAKE-ENGINE " + trt.__version__.encode()) if build_ok else None
-
-    class OnnxParser:
-        def __init__(self, network, logger) -> None:
-            self.network = network
-            self.num_errors = 0 if parse_ok else 1
-
-        def parse_from_file(self, path: str) -> bool:
-            model = onnx.load(path)
-            record(("parse_from_file", path, graph_precision(model)))
-            self.network.inputs = [i.name for i in model.graph.input]
-            return parse_ok
-
-        def get_error(self, i: int) -> str:
-            return "In node 0 (importConv): UNSUPPORTED_NODE: fake refusal"
-
-    trt.Builder, trt.OnnxParser = Builder, OnnxParser
-    return trt
-
-
-def fake_cudart(count: int = 1, name: str = "NVIDIA Fake H100",
-                capability: tuple[int, int] = (9, 0)) -> types.ModuleType:
-    cudart = types.ModuleType("cuda.bindings.runtime")
-    cudart.cudaGetDeviceCount = lambda: (0, count) if count >= 0 else (35, 0)
-    cudart.cudaGetDeviceProperties = lambda index: (0, types.SimpleNamespace(
-        name=name.encode() + b"\0\0", major=capability[0], minor=capability[1]))
-    return cudart
 
 
 def calls(trt, name: str) -> list[tuple]:
     return [c for c in trt.calls if c[0] == name]
 
 
-def build_engine(*args, trt_module=None, cudart_module=None, **kwargs):
+def build_engine(*args, trt_module=None, cudart_module=None, **kwargs) -> BuildReport:
     kwargs.setdefault("progress", False)
-    return _build_engine(*args, trt_module=trt_module or fake_tensorrt(),
-                         cudart_module=cudart_module or fake_cudart(), **kwargs)
+    cuda = cudart_module or (trt_module.cuda if trt_module is not None else FakeCuda())
+    return _build_engine(*args, trt_module=trt_module or fake_tensorrt(TRT10, cuda),
+                         cudart_module=cuda, **kwargs)
 
 
 # --- small ONNX models with a contract -------------------------------------------------------
@@ -298,41 +156,36 @@ def test_input_profiles_follow_each_inputs_layout() -> None:
 
 # --- precision plan ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("weak", "typed", "onnx_precision", "fp16", "expected"), [
-    # TensorRT 10.x: flags exist, strong typing exists.
-    (True, True, "fp32", False, (False, [], False, "fp32")),
-    (True, True, "fp32", True, (False, ["FP16"], False, "fp16")),
-    (True, True, "fp16", False, (True, [], False, "fp16")),
-    (True, True, "int8", True, (True, [], False, "int8")),
-    # An older 10.x without strong typing: Q/DQ and FP16 graphs need the weak flags.
-    (True, False, "int8", False, (False, ["INT8"], False, "int8")),
-    (True, False, "fp16", False, (False, ["FP16"], False, "fp16")),
-    # TensorRT 11.x: no precision flags; FP16 means converting the graph.
-    (False, True, "fp32", False, (False, [], False, "fp32")),
-    (False, True, "fp32", True, (True, [], True, "fp16")),
-    (False, True, "int8", False, (True, [], False, "int8")),
-    # A TensorRT with neither (strong typing implicit, creation flag dropped).
-    (False, False, "int8", False, (True, [], False, "int8")),
-    (False, False, "fp32", True, (True, [], True, "fp16")),
+@pytest.mark.parametrize(("version", "onnx_precision", "fp16", "expected"), [
+    # TensorRT 10.x: FP16 flag exists, strong typing is asked for with the creation flag.
+    (TRT10, "fp32", False, (False, [], False, "fp32", False)),
+    (TRT10, "fp32", True, (False, ["FP16"], False, "fp16", False)),
+    (TRT10, "fp16", False, (True, [], False, "fp16", False)),
+    (TRT10, "int8", False, (True, [], False, "int8", False)),
+    (TRT10, "int8", True, (True, [], False, "int8", True)),
+    # TensorRT 11.x: no precision flags, every network strongly typed; FP16 means
+    # converting the graph.
+    (TRT11, "fp32", False, (True, [], False, "fp32", False)),
+    (TRT11, "fp32", True, (True, [], True, "fp16", False)),
+    (TRT11, "fp16", True, (True, [], False, "fp16", False)),
+    (TRT11, "int8", True, (True, [], False, "int8", True)),
 ])
-def test_plan_precision(weak, typed, onnx_precision, fp16, expected) -> None:
-    plan = plan_precision(fake_tensorrt(weak_flags=weak, strongly_typed=typed),
-                          onnx_precision, fp16)
-    assert (plan.strongly_typed, plan.flags, plan.convert_fp16, plan.precision) == expected
+def test_plan_precision(version, onnx_precision, fp16, expected) -> None:
+    plan = plan_precision(fake_tensorrt(version), onnx_precision, fp16)
+    assert (plan.strongly_typed, plan.flags, plan.convert_fp16, plan.precision,
+            plan.fp16_ignored) == expected
 
 
-def test_plan_with_int8_graph_but_no_int8_flag_is_an_error() -> None:
-    trt = fake_tensorrt(strongly_typed=False)
-    del trt.BuilderFlag.INT8
-    with pytest.raises(IsdnetError, match="lacks the INT8 builder flag"):
-        plan_precision(trt, "int8", False)
-
-
-def test_implicitly_strongly_typed_tensorrt_gets_no_creation_flag(int8_onnx, tmp_path) -> None:
-    trt = fake_tensorrt("11.9.0", weak_flags=False, strongly_typed=False)
-    result = build_engine(int8_onnx, tmp_path / "q.engine", opt_shape=(64, 64), trt_module=trt)
-    assert calls(trt, "create_network") == [("create_network", 0)]
-    assert result["strongly_typed"] and not calls(trt, "set_flag")
+@pytest.mark.parametrize(("version", "typed", "mask"), [
+    (TRT10, True, 1 << 1), (TRT10, False, 0), (TRT11, True, 0), (TRT11, False, 0)])
+def test_network_creation_flags_follow_each_versions_header(version, typed, mask) -> None:
+    trt = fake_tensorrt(version)
+    assert trt_compat.network_creation_flags(trt, typed) == mask
+    # In 11.x bit 1 is PREFER_JIT_PYTHON_PLUGINS: the mask 10.x needs would ask for that.
+    network = trt.Builder(support.tensorrt_logger(trt)).create_network(1 << 1)
+    assert calls(trt, "create_network")[-1][2] == (
+        ("STRONGLY_TYPED",) if version == TRT10 else ("PREFER_JIT_PYTHON_PLUGINS",))
+    assert network.strongly_typed
 
 
 def test_graph_precision_detects_explicit_precision(tmp_path, fp32_onnx, int8_onnx) -> None:
@@ -348,11 +201,11 @@ def test_graph_precision_detects_explicit_precision(tmp_path, fp32_onnx, int8_on
 # --- build_engine against the stand-in -------------------------------------------------------
 
 def test_tensorrt10_fp16_sets_the_builder_flag(fp32_onnx, tmp_path) -> None:
-    trt = fake_tensorrt("10.9.0")
+    trt = fake_tensorrt(TRT10)
     engine = tmp_path / "m.engine"
-    result = build_engine(fp32_onnx, engine, opt_shape=(256, 256), fp16=True, workspace_mib=512,
+    report = build_engine(fp32_onnx, engine, opt_shape=(256, 256), fp16=True, workspace_mib=512,
                           opt_level=5, trt_module=trt)
-    assert calls(trt, "create_network") == [("create_network", 0)]
+    assert calls(trt, "create_network") == [("create_network", 0, ())]
     assert calls(trt, "set_flag") == [("set_flag", "FP16")]
     assert calls(trt, "set_memory_pool_limit") == [("set_memory_pool_limit", "WORKSPACE",
                                                     512 << 20)]
@@ -360,86 +213,161 @@ def test_tensorrt10_fp16_sets_the_builder_flag(fp32_onnx, tmp_path) -> None:
     assert calls(trt, "set_shape") == [("set_shape", "image", [1, 3, 128, 128],
                                         [1, 3, 256, 256], [1, 3, 2448, 2448])]
     assert calls(trt, "parse_from_file") == [("parse_from_file", str(fp32_onnx), "fp32")]
-    assert engine.read_bytes() == b"FAKE-ENGINE 10.9.0"
-    assert result["precision"] == "fp16" and not result["strongly_typed"]
-    assert result["sidecar"] == str(sidecar_path(engine))
+    assert engine.read_bytes() == b"FAKE-ENGINE " + TRT10.encode()
+    assert isinstance(report, BuildReport)
+    assert report.precision == "fp16" and not report.strongly_typed and report.notes == []
+    assert report.sidecar == str(sidecar_path(engine)) and report.engine == str(engine)
+    assert report.engine_bytes == len(engine.read_bytes())
 
 
 def test_tensorrt11_fp16_converts_the_graph_and_builds_strongly_typed(fp32_onnx,
                                                                       tmp_path) -> None:
-    trt = fake_tensorrt("11.4.0", weak_flags=False)
-    result = build_engine(fp32_onnx, tmp_path / "m.engine", opt_shape=(64, 64), fp16=True,
+    trt = fake_tensorrt(TRT11)
+    report = build_engine(fp32_onnx, tmp_path / "m.engine", opt_shape=(64, 64), fp16=True,
                           trt_module=trt)
     assert calls(trt, "set_flag") == []
-    assert calls(trt, "create_network") == [("create_network", 1 << 1)]
+    assert calls(trt, "create_network") == [("create_network", 0, ())]
+    (built,) = calls(trt, "build_serialized_network")
+    assert built[2] is True  # strongly typed: 11.x networks always are
     (parsed,) = calls(trt, "parse_from_file")
     assert parsed[1] != str(fp32_onnx) and parsed[2] == "fp16"
-    assert result["converted_to_fp16"] and result["precision"] == "fp16"
+    assert report.converted_to_fp16 and report.precision == "fp16"
+    assert "converted to FP16" in report.notes[0]
     assert not list(tmp_path.glob("*.tmp*"))
 
 
-@pytest.mark.parametrize("version,weak", [("10.9.0", True), ("11.4.0", False)])
-def test_int8_graph_is_built_strongly_typed_without_flags(int8_onnx, tmp_path, version,
-                                                          weak) -> None:
-    trt = fake_tensorrt(version, weak_flags=weak)
-    result = build_engine(int8_onnx, tmp_path / "q.engine", opt_shape=(64, 64), fp16=True,
-                          trt_module=trt)
-    assert calls(trt, "create_network") == [("create_network", 1 << 1)]
+@pytest.mark.parametrize(("version", "mask", "names"), [
+    (TRT10, 1 << 1, ("STRONGLY_TYPED",)), (TRT11, 0, ())])
+def test_int8_graph_is_built_strongly_typed_without_flags(int8_onnx, tmp_path, version, mask,
+                                                          names) -> None:
+    trt = fake_tensorrt(version)
+    report = build_engine(int8_onnx, tmp_path / "q.engine", opt_shape=(64, 64), trt_module=trt)
+    assert calls(trt, "create_network") == [("create_network", mask, names)]
     assert calls(trt, "set_flag") == []
-    assert result["precision"] == "int8" and result["strongly_typed"]
+    assert calls(trt, "build_serialized_network")[0][2:] == (True, ())
+    assert report.precision == "int8" and report.strongly_typed and not report.fp16_ignored
+
+
+@pytest.mark.parametrize("version", [TRT10, TRT11])
+def test_fp16_on_an_int8_graph_is_said_to_be_ignored(int8_onnx, tmp_path, caplog,
+                                                     version) -> None:
+    trt = fake_tensorrt(version)
+    engine = tmp_path / "q.engine"
+    with caplog.at_level(logging.WARNING, logger="isdnet_deploy"):
+        report = build_engine(int8_onnx, engine, opt_shape=(64, 64), fp16=True, trt_module=trt)
+    assert calls(trt, "set_flag") == [] and report.precision == "int8"
+    assert report.fp16_ignored and "--fp16 is ignored" in report.notes[0]
+    assert "--fp16 is ignored: model.int8.onnx is an INT8 (Q/DQ) graph" in caplog.text
+    assert read_sidecar(engine).build["fp16_ignored"] is True
 
 
 def test_fp32_build_sets_nothing(fp32_onnx, tmp_path) -> None:
-    trt = fake_tensorrt("11.4.0", weak_flags=False)
+    trt = fake_tensorrt(TRT11)
     build_engine(fp32_onnx, tmp_path / "m.engine", opt_shape=(64, 64), opt_level=None,
                  trt_module=trt)
-    assert calls(trt, "create_network") == [("create_network", 0)]
+    assert calls(trt, "create_network") == [("create_network", 0, ())]
     assert not calls(trt, "set_flag") and not calls(trt, "builder_optimization_level")
 
 
+def test_inconsistent_profile_dims_are_one_line(fp32_onnx) -> None:
+    trt = fake_tensorrt(TRT10)
+    profiles = {"image": {"min": [1, 3, 64], "opt": [1, 3, 64, 64], "max": [1, 3, 96, 96]}}
+    with pytest.raises(IsdnetError, match=r"refused the optimization profile of input 'image' "
+                                          r".*Shape provided for opt is inconsistent with "
+                                          r"other shapes\.; check --min"):
+        _build_serialized(trt, fp32_onnx, PrecisionPlan(False), profiles, 64, None, None,
+                          False)
+    with pytest.raises(RuntimeError, match="Shape provided for max"):  # what TensorRT raises
+        trt.Builder(support.tensorrt_logger(trt)).create_optimization_profile().set_shape(
+            "image", [1, 3, 8, 8], [1, 3, 16, 16], [1, 3, 12, 16])
+
+
+# --- timing cache --------------------------------------------------------------------------------
+
 def test_timing_cache_is_loaded_and_saved(fp32_onnx, tmp_path) -> None:
     cache = tmp_path / "timing.cache"
-    trt = fake_tensorrt()
+    trt = fake_tensorrt(TRT10)
     build_engine(fp32_onnx, tmp_path / "a.engine", opt_shape=(64, 64), timing_cache=cache,
                  trt_module=trt)
     assert calls(trt, "create_timing_cache") == [("create_timing_cache", b"")]
-    assert cache.read_bytes() == b"CACHE:"
-    trt = fake_tensorrt()
-    build_engine(fp32_onnx, tmp_path / "b.engine", opt_shape=(64, 64), timing_cache=cache,
-                 trt_module=trt)
-    assert calls(trt, "create_timing_cache") == [("create_timing_cache", b"CACHE:")]
-    assert calls(trt, "set_timing_cache") == [("set_timing_cache", b"CACHE:", False)]
-    assert cache.read_bytes() == b"CACHE:CACHE:"
+    first = cache.read_bytes()
+    assert first == f"TRTCACHE/{TRT10}/{GPU}/tactics;".encode()
+    trt = fake_tensorrt(TRT10)
+    report = build_engine(fp32_onnx, tmp_path / "b.engine", opt_shape=(64, 64),
+                          timing_cache=cache, trt_module=trt)
+    assert calls(trt, "create_timing_cache") == [("create_timing_cache", first)]
+    assert calls(trt, "set_timing_cache") == [("set_timing_cache", GPU, b"tactics;", False)]
+    assert cache.read_bytes() == first + b"tactics;" and report.notes == []
 
 
-def test_stale_timing_cache_is_replaced(fp32_onnx, tmp_path, caplog) -> None:
+@pytest.mark.parametrize(("written_by", "gpus"), [
+    (TRT11, ((GPU, (9, 0)),)),  # another TensorRT: create_timing_cache gives None
+    (TRT10, (("NVIDIA L4", (8, 9)),)),  # another GPU: set_timing_cache returns False
+])
+def test_unusable_timing_cache_falls_back_to_an_empty_one(fp32_onnx, tmp_path, caplog,
+                                                          written_by, gpus) -> None:
     cache = tmp_path / "timing.cache"
-    cache.write_bytes(b"stale")
-    trt = fake_tensorrt()
+    build_engine(fp32_onnx, tmp_path / "a.engine", opt_shape=(64, 64), timing_cache=cache,
+                 trt_module=fake_tensorrt(written_by, FakeCuda(gpus)))
+    foreign = cache.read_bytes()
+    trt = fake_tensorrt(TRT10)
+    config = trt.Builder(support.tensorrt_logger(trt)).create_builder_config()
+    if written_by == TRT11:
+        assert config.create_timing_cache(foreign) is None
+    else:
+        assert not config.set_timing_cache(config.create_timing_cache(foreign), False)
+    trt.calls.clear()
     with caplog.at_level(logging.WARNING, logger="isdnet_deploy"):
-        build_engine(fp32_onnx, tmp_path / "a.engine", opt_shape=(64, 64), timing_cache=cache,
-                     trt_module=trt)
-    assert [c[1] for c in calls(trt, "create_timing_cache")] == [b"stale", b""]
-    assert "another TensorRT or GPU" in caplog.text
-    assert cache.read_bytes() == b"CACHE:"
+        report = build_engine(fp32_onnx, tmp_path / "b.engine", opt_shape=(64, 64),
+                              timing_cache=cache, trt_module=trt)
+    assert [c[1] for c in calls(trt, "create_timing_cache")][-1] == b""
+    assert "is from another TensorRT version or GPU; started an empty one" in caplog.text
+    assert "started an empty one" in report.notes[0]
+    assert cache.read_bytes() == f"TRTCACHE/{TRT10}/{GPU}/tactics;".encode()
+
+
+def test_the_stand_in_refuses_a_none_timing_cache_as_tensorrt_does() -> None:
+    trt = fake_tensorrt(TRT10)
+    config = trt.Builder(support.tensorrt_logger(trt)).create_builder_config()
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        config.set_timing_cache(None, False)
+
+
+# --- devices, progress, files --------------------------------------------------------------------
+
+def test_build_uses_the_requested_gpu_and_records_it(fp32_onnx, tmp_path) -> None:
+    cuda = FakeCuda(gpus=((GPU, (9, 0)), ("NVIDIA A100", (8, 0))))
+    trt = fake_tensorrt(TRT10, cuda)
+    engine = tmp_path / "m.engine"
+    report = build_engine(fp32_onnx, engine, opt_shape=(64, 64), device="cuda:1",
+                          trt_module=trt)
+    assert calls(trt, "Builder") == [("Builder", 1)]
+    assert calls(trt, "build_serialized_network")[0][1] == 1
+    assert (report.gpu.index, report.gpu.name, report.gpu.compute_capability) == (
+        1, "NVIDIA A100", "8.0")
+    side = read_sidecar(engine)
+    assert (side.gpu_name, side.compute_capability, side.build["device_index"]) == (
+        "NVIDIA A100", "8.0", 1)
+    with pytest.raises(IsdnetError, match="cuda:2 does not exist"):
+        build_engine(fp32_onnx, engine, opt_shape=(64, 64), device="cuda:2", trt_module=trt)
+    with pytest.raises(IsdnetError, match="cannot run a TensorRT engine"):
+        build_engine(fp32_onnx, engine, opt_shape=(64, 64), device="cpu", trt_module=trt)
 
 
 def test_progress_monitor_is_attached_when_asked(fp32_onnx, tmp_path) -> None:
-    trt = fake_tensorrt()
+    trt = fake_tensorrt(TRT10)
     _build_engine(fp32_onnx, tmp_path / "a.engine", opt_shape=(64, 64), trt_module=trt,
-                  cudart_module=fake_cudart(), progress=True)
+                  cudart_module=trt.cuda, progress=True)
     assert calls(trt, "progress_monitor") == [("progress_monitor", "_Monitor")]
-    assert ("Builder", "ILogger") in trt.calls
 
 
 def test_sidecar_records_the_build(fp32_onnx, tmp_path) -> None:
     engine = tmp_path / "m.engine"
     build_engine(fp32_onnx, engine, opt_shape=(256, 256), workspace_mib=1024,
-                 trt_module=fake_tensorrt("10.9.0"),
-                 cudart_module=fake_cudart(name="NVIDIA A100", capability=(8, 0)))
+                 trt_module=fake_tensorrt(TRT10, FakeCuda((("NVIDIA A100", (8, 0)),))))
     side = read_sidecar(engine)
     assert (side.tensorrt_version, side.gpu_name, side.compute_capability) == (
-        "10.9.0", "NVIDIA A100", "8.0")
+        TRT10, "NVIDIA A100", "8.0")
     assert side.profile["opt"] == [256, 256] and side.profile["max"] == [2448, 2448]
     assert side.profile["inputs"]["image"]["min"] == [1, 3, 128, 128]
     assert side.build["workspace_mib"] == 1024 and side.build["onnx"] == str(fp32_onnx)
@@ -452,7 +380,7 @@ def test_parse_failure_is_one_line_and_writes_nothing(fp32_onnx, tmp_path) -> No
     engine = tmp_path / "m.engine"
     with pytest.raises(IsdnetError, match=r"cannot parse .*fake refusal"):
         build_engine(fp32_onnx, engine, opt_shape=(64, 64),
-                     trt_module=fake_tensorrt(parse_ok=False))
+                     trt_module=fake_tensorrt(TRT10, parse_ok=False))
     assert not engine.exists() and not sidecar_path(engine).exists()
 
 
@@ -460,7 +388,7 @@ def test_failed_build_writes_nothing(fp32_onnx, tmp_path) -> None:
     engine = tmp_path / "m.engine"
     with pytest.raises(IsdnetError, match="could not build"):
         build_engine(fp32_onnx, engine, opt_shape=(64, 64),
-                     trt_module=fake_tensorrt(build_ok=False))
+                     trt_module=fake_tensorrt(TRT10, build_ok=False))
     assert list(tmp_path.iterdir()) == [fp32_onnx]
 
 
@@ -475,6 +403,8 @@ def test_bad_options_are_refused(fp32_onnx, tmp_path) -> None:
         build_engine(fp32_onnx, tmp_path / "m.engine", workspace_mib=0)
     with pytest.raises(IsdnetError, match="is a directory"):
         build_engine(fp32_onnx, tmp_path, opt_shape=(64, 64))
+    with pytest.raises(IsdnetError, match="log level 'loud'"):
+        build_engine(fp32_onnx, tmp_path / "m.engine", opt_shape=(64, 64), log_level="loud")
 
 
 # --- missing pieces ------------------------------------------------------------------------------
@@ -490,44 +420,66 @@ def test_missing_cuda_python_names_the_extra(fp32_onnx, tmp_path, monkeypatch) -
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingDependencyError, match=r"cuda-python .*isdnet-deploy\[tensorrt\]"):
         _build_engine(fp32_onnx, tmp_path / "m.engine", opt_shape=(64, 64),
-                      trt_module=fake_tensorrt())
+                      trt_module=fake_tensorrt(TRT10))
 
 
-@pytest.mark.parametrize("count", [0, -1])
-def test_missing_gpu_is_a_clear_error(fp32_onnx, tmp_path, count) -> None:
-    with pytest.raises(MissingDependencyError, match="no CUDA GPU"):
+@pytest.mark.parametrize("error", [cudaError_t.cudaErrorNoDevice,
+                                   cudaError_t.cudaErrorInsufficientDriver])
+def test_missing_gpu_is_a_clear_error(fp32_onnx, tmp_path, error) -> None:
+    with pytest.raises(MissingDependencyError, match=f"no CUDA GPU is visible \\({error.name}"):
         build_engine(fp32_onnx, tmp_path / "m.engine", opt_shape=(64, 64),
-                     cudart_module=fake_cudart(count=count))
+                     cudart_module=FakeCuda(gpus=(), no_device=error))
 
 
 def test_real_cuda_python_without_gpu_reports_no_gpu() -> None:
     try:
-        cudart = trt_compat.import_cudart()
+        cudart = support.import_cudart()
     except MissingDependencyError:
         pytest.skip("cuda-python is not installed")
     err, count = cudart.cudaGetDeviceCount()
     if int(err) == 0 and count > 0:
         pytest.skip("a CUDA GPU is present")
     with pytest.raises(MissingDependencyError, match="no CUDA GPU"):
-        trt_compat.gpu_info(cudart)
+        support.gpu_info(cudart, 0)
 
 
 # --- logger and CLI ----------------------------------------------------------------------------
 
-def test_logger_adapter_forwards_to_python_logging(caplog) -> None:
-    logger = trt_compat.make_logger(fake_tensorrt(), "info")
-    with caplog.at_level(logging.DEBUG, logger="isdnet_deploy.tensorrt"):
-        logger.log(Severity.ERROR, "bad thing")
-        logger.log(Severity.INFO, "note")
-        logger.log(Severity.VERBOSE, "chatter")
+def test_one_logger_per_tensorrt_module_with_a_process_level(caplog) -> None:
+    trt = fake_tensorrt(TRT10)
+    logger = support.tensorrt_logger(trt)
+    assert support.tensorrt_logger(trt) is logger
+    assert support.tensorrt_logger(fake_tensorrt(TRT10)) is not logger
+    try:
+        support.set_log_level("info")
+        with caplog.at_level(logging.DEBUG, logger="isdnet_deploy.tensorrt"):
+            logger.log(Severity.ERROR, "bad thing")
+            logger.log(Severity.INFO, "note")
+            logger.log(Severity.VERBOSE, "chatter")
+            support.set_log_level("error")
+            logger.log(Severity.WARNING, "hidden now")
+    finally:
+        support.set_log_level("warning")
     levels = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert levels == [(logging.ERROR, "TensorRT: bad thing"), (logging.INFO, "TensorRT: note")]
     with pytest.raises(IsdnetError, match="log level"):
-        trt_compat.make_logger(fake_tensorrt(), "loud")
+        support.set_log_level("loud")
+
+
+def test_build_then_open_uses_the_same_logger(fp32_onnx, tmp_path) -> None:
+    from isdnet_deploy.runtime.tensorrt_backend import TensorRTBackend
+
+    trt = fake_tensorrt(TRT10)
+    engine = tmp_path / "m.engine"
+    build_engine(fp32_onnx, engine, opt_shape=(64, 64), min_shape=(64, 64), max_shape=(256, 256),
+                 trt_module=trt)
+    with TensorRTBackend(engine, trt_module=trt, cudart_module=trt.cuda):
+        pass
+    assert calls(trt, "logger ignored") == [] and calls(trt, "Runtime")
 
 
 def test_progress_monitor_survives_a_build_sequence() -> None:
-    monitor = trt_compat.make_progress_monitor(fake_tensorrt())
+    monitor = trt_compat.make_progress_monitor(fake_tensorrt(TRT10))
     monitor.phase_start("Building", None, 3)
     monitor.phase_start("Tactics", "Building", 2)
     assert monitor.step_complete("Tactics", 0) and monitor.step_complete("Tactics", 1)
@@ -538,14 +490,26 @@ def test_progress_monitor_survives_a_build_sequence() -> None:
 
 
 def test_cli_build_with_the_stand_in(fp32_onnx, tmp_path, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.9.0"))
-    monkeypatch.setattr(trt_compat, "import_cudart", fake_cudart)
+    cuda = FakeCuda(gpus=((GPU, (9, 0)), ("NVIDIA A100", (8, 0))))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(TRT10, cuda))
+    monkeypatch.setattr(support, "import_cudart", lambda: cuda)
     result = CliRunner().invoke(build_command, [
         str(fp32_onnx), "--opt", "256x256", "--min", "128x128", "--max", "512x512", "--fp16",
-        "--workspace", "256", "--timing-cache", str(tmp_path / "t.cache"), "--no-progress"])
+        "--workspace", "256", "--timing-cache", str(tmp_path / "t.cache"), "--no-progress",
+        "--device", "cuda:1"])
     assert result.exit_code == 0, result.output
     assert "fp16" in result.output and "min 128x128 / opt 256x256 / max 512x512" in result.output
+    assert "cuda:1 NVIDIA A100 (compute 8.0)" in result.output
     assert (tmp_path / "model.engine").is_file() and (tmp_path / "t.cache").is_file()
+
+
+def test_cli_build_says_when_fp16_is_ignored(int8_onnx, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(TRT11))
+    monkeypatch.setattr(support, "import_cudart", FakeCuda)
+    result = CliRunner().invoke(build_command, [str(int8_onnx), "--opt", "64x64", "--fp16",
+                                                "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "int8 (strongly typed), --fp16 ignored" in result.output
 
 
 def test_cli_build_without_tensorrt_raises_missing_dependency(fp32_onnx, monkeypatch) -> None:
@@ -573,14 +537,14 @@ def test_sidecar_round_trip() -> None:
 
 def test_sidecar_refuses_other_tensorrt_or_gpu() -> None:
     side = make_sidecar()
-    same = trt_compat.GpuInfo(0, "NVIDIA H100", "9.0")
+    same = support.GpuInfo(0, "NVIDIA H100", "9.0")
     check_compatible(side, "m.engine", "10.9.0", same)
     with pytest.raises(IsdnetError, match=r"TensorRT 10\.9\.0, this machine has TensorRT "
                                           r"10\.10\.0; rebuild it here with: isdnet-deploy "
                                           r"build model\.onnx -o m\.engine"):
         check_compatible(side, "m.engine", "10.10.0", same)
     with pytest.raises(IsdnetError, match=r"built for NVIDIA H100 .* this GPU is NVIDIA L4"):
-        check_compatible(side, "m.engine", "10.9.0", trt_compat.GpuInfo(0, "NVIDIA L4", "8.9"))
+        check_compatible(side, "m.engine", "10.9.0", support.GpuInfo(0, "NVIDIA L4", "8.9"))
 
 
 def test_sidecar_missing_or_malformed(tmp_path) -> None:

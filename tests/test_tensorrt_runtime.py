@@ -1,240 +1,85 @@
-"""The TensorRT backend: sidecar checks, buffers, zero-copy, profile limits, clear errors.
+"""The TensorRT backend: sidecar checks, buffers, zero-copy, alignment, streams, devices,
+profile limits, clear errors.
 
-Without a GPU the backend runs on stand-ins: a ``tensorrt`` double whose "engine" computes
-logits from the input it finds at the bound address, and a ``cuda-python`` double whose
-"device memory" is host memory. That exercises the real pointer plumbing (pinned staging,
-copies, zero-copy bindings, caller-owned outputs). The last test runs the real thing and
-skips where TensorRT or a GPU is missing.
+Without a GPU the backend runs on the stand-ins of ``trt_standins``: "device memory" is
+host memory, queued stream work runs only when the stream is synchronised, TensorRT refuses
+unaligned addresses, and an engine only runs with its GPU current. So a missing
+synchronise, a missing wait on a producer's stream or a missing ``cudaSetDevice`` leaves
+wrong numbers or a refusal, and a test fails. The last test runs the real thing and skips
+where TensorRT or a GPU is missing.
 """
 
 from __future__ import annotations
 
-import ctypes
+import subprocess
 import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
+from trt_standins import (
+    GPU,
+    TRT10,
+    TRT11,
+    DataType,
+    DeviceBuffer,
+    DLPackCuda,
+    FakeCuda,
+    aligned_host,
+    expected_logits,
+    fake_tensorrt,
+    write_engine,
+)
 
-from isdnet_deploy.contract import Contract, TensorSpec
-from isdnet_deploy.engine.sidecar import EngineSidecar, sha256_bytes, sidecar_path, write_sidecar
 from isdnet_deploy.errors import IsdnetError, MissingDependencyError
+from isdnet_deploy.runtime import tensorrt_support as support
 from isdnet_deploy.runtime.backend import Backend
+from isdnet_deploy.runtime.engine_sidecar import sidecar_path
+from isdnet_deploy.runtime.inputs import as_device_array
 from isdnet_deploy.runtime.tensorrt_backend import (
     TensorRTBackend,
-    as_device_array,
     check_in_profile,
     open_engine,
 )
 
-LOW, OPT, HIGH = (1, 3, 64, 64), (1, 3, 128, 128), (1, 3, 256, 256)
-ENGINE_BYTES = b"FAKE-ENGINE v1"
-
-
-def expected_logits(image: np.ndarray) -> np.ndarray:
-    """What the stand-in engine computes: class c = (c + 1) * channel sum."""
-    total = image.sum(axis=1, keepdims=True)
-    return np.concatenate([total * (c + 1) for c in range(7)], axis=1).astype(np.float32)
-
-
-# --- stand-ins -------------------------------------------------------------------------------
-
-def _array_at(ptr: int, shape: tuple[int, ...], dtype) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape))
-    buf = (ctypes.c_uint8 * (count * dtype.itemsize)).from_address(ptr)
-    return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
-
-
-def fake_tensorrt(version: str = "10.9.0") -> types.ModuleType:
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    trt.DataType = types.SimpleNamespace(FLOAT="FLOAT")
-    trt.nptype = lambda dt: {"FLOAT": np.float32}[dt]
-    trt.executions = []
-
-    class ILogger:
-        def __init__(self) -> None:
-            pass
-
-    class Context:
-        def __init__(self) -> None:
-            self.shapes = {"image": OPT}
-            self.addresses: dict[str, int] = {}
-
-        def set_input_shape(self, name, shape) -> bool:
-            ok = all(lo <= s <= hi for s, lo, hi in zip(shape, LOW, HIGH, strict=True))
-            if ok:
-                self.shapes[name] = tuple(shape)
-            return ok
-
-        def get_tensor_shape(self, name):
-            n, _, h, w = self.shapes["image"]
-            return self.shapes["image"] if name == "image" else (n, 7, h, w)
-
-        def set_tensor_address(self, name, ptr) -> None:
-            self.addresses[name] = int(ptr)
-
-        def execute_async_v3(self, stream) -> bool:
-            image = _array_at(self.addresses["image"], self.shapes["image"], np.float32)
-            out = _array_at(self.addresses["logits"], self.get_tensor_shape("logits"),
-                            np.float32)
-            out[...] = expected_logits(image)
-            trt.executions.append((stream, dict(self.addresses)))
-            return True
-
-    class Engine:
-        num_io_tensors = 2
-
-        def get_tensor_name(self, i):
-            return ("image", "logits")[i]
-
-        def get_tensor_mode(self, name):
-            return trt.TensorIOMode.INPUT if name == "image" else trt.TensorIOMode.OUTPUT
-
-        def get_tensor_dtype(self, name):
-            return trt.DataType.FLOAT
-
-        def get_tensor_profile_shape(self, name, index):
-            return [LOW, OPT, HIGH]
-
-        def create_execution_context(self):
-            trt.context = Context()
-            return trt.context
-
-    class Runtime:
-        def __init__(self, logger) -> None:
-            assert isinstance(logger, ILogger)
-
-        def deserialize_cuda_engine(self, data: bytes):
-            return Engine() if data == ENGINE_BYTES else None
-
-    trt.ILogger, trt.Runtime = ILogger, Runtime
-    return trt
-
-
-class FakeCudart(types.ModuleType):
-    """cuda-python's runtime calls over host memory, counting what happens."""
-
-    def __init__(self, count: int = 1, name: str = "NVIDIA Fake H100", cc=(9, 0)) -> None:
-        super().__init__("cuda.bindings.runtime")
-        self.count, self.name, self.cc = count, name, cc
-        self.live: dict[int, ctypes.Array] = {}
-        self.copies: list[tuple[str, int, int, int]] = []
-        self.syncs = 0
-        self.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice="H2D",
-                                                    cudaMemcpyDeviceToHost="D2H")
-
-    def cudaGetDeviceCount(self):
-        return 0, self.count
-
-    def cudaGetDeviceProperties(self, index):
-        return 0, types.SimpleNamespace(name=self.name.encode(), major=self.cc[0],
-                                        minor=self.cc[1])
-
-    def cudaSetDevice(self, index):
-        return (0,)
-
-    def _alloc(self, nbytes):
-        buf = (ctypes.c_uint8 * nbytes)()
-        self.live[ctypes.addressof(buf)] = buf
-        return 0, ctypes.addressof(buf)
-
-    cudaMalloc = cudaMallocHost = _alloc
-
-    def _free(self, ptr):
-        del self.live[ptr]
-        return (0,)
-
-    cudaFree = cudaFreeHost = _free
-
-    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
-        ctypes.memmove(dst, src, nbytes)
-        self.copies.append((kind, dst, src, nbytes))
-        return (0,)
-
-    def cudaStreamCreate(self):
-        return 0, 7
-
-    def cudaStreamSynchronize(self, stream):
-        self.syncs += 1
-        return (0,)
-
-    def cudaStreamDestroy(self, stream):
-        return (0,)
-
-
-class DeviceBuffer:
-    """A 'device' array for the stand-in: numpy memory exposed via __cuda_array_interface__."""
-
-    def __init__(self, array: np.ndarray, strides=None) -> None:
-        self.array = array
-        self.__cuda_array_interface__ = {
-            "shape": array.shape, "typestr": array.dtype.str, "strides": strides,
-            "data": (array.ctypes.data, False), "version": 3}
-
-
-class DLPackCuda:
-    """Claims to live on a CUDA device; its DLPack capsule is numpy's."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def __dlpack_device__(self):
-        return (2, 0)
-
-    def __dlpack__(self, **kwargs):
-        return self.array.__dlpack__()
-
-
-# --- engine files -----------------------------------------------------------------------------
-
-def contract() -> Contract:
-    return Contract(
-        inputs=[TensorSpec("image", "float32", "NCHW", [1, 3, "height", "width"])],
-        outputs=[TensorSpec("logits", "float32", "NCHW", [1, 7, "height", "width"])],
-        profile="deepglobe", classes=[str(i) for i in range(7)])
-
-
-def write_engine(folder: Path, data: bytes = ENGINE_BYTES, version: str = "10.9.0",
-                 gpu: str = "NVIDIA Fake H100", cc: str = "9.0") -> Path:
-    engine = folder / "model.engine"
-    engine.write_bytes(data)
-    write_sidecar(engine, EngineSidecar(
-        contract=contract(), tensorrt_version=version, gpu_name=gpu, compute_capability=cc,
-        profile={"min": [64, 64], "opt": [128, 128], "max": [256, 256]},
-        build={"onnx": "model.onnx"}, engine_bytes=len(data), engine_sha256=sha256_bytes(data)))
-    return engine
+SHAPE, OUT_SHAPE = (1, 3, 128, 96), (1, 7, 128, 96)
 
 
 @pytest.fixture
-def cudart() -> FakeCudart:
-    return FakeCudart()
+def cuda() -> FakeCuda:
+    return FakeCuda()
 
 
-@pytest.fixture
-def backend(tmp_path, cudart):
-    trt = fake_tensorrt()
-    with TensorRTBackend(write_engine(tmp_path), trt_module=trt, cudart_module=cudart) as b:
-        b.trt = trt
-        yield b
+def open_backend(folder, cuda: FakeCuda, version: str = TRT10, **kwargs) -> TensorRTBackend:
+    trt = fake_tensorrt(version, cuda)
+    backend = TensorRTBackend(write_engine(folder, version=version), trt_module=trt,
+                              cudart_module=cuda, **kwargs)
+    backend.trt = trt
+    return backend
+
+
+@pytest.fixture(params=[TRT10, TRT11])
+def backend(request, tmp_path, cuda):
+    with open_backend(tmp_path, cuda, request.param) as opened:
+        yield opened
 
 
 def image(h: int = 128, w: int = 96, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(1, 3, h, w)).astype(np.float32)
 
 
-# --- running -------------------------------------------------------------------------------
+def copies(cuda: FakeCuda) -> list[str]:
+    return [c[1] for c in cuda.names("cudaMemcpyAsync")]
 
-def test_host_input_host_output(backend, cudart) -> None:
+
+# --- host arrays ---------------------------------------------------------------------------------
+
+def test_host_input_host_output(backend, cuda) -> None:
     assert isinstance(backend, Backend) and str(backend.device) == "cuda:0"
     x = image()
     out = backend.run({"image": x})
     np.testing.assert_allclose(out["logits"], expected_logits(x), rtol=1e-6)
-    kinds = [c[0] for c in cudart.copies]
-    assert kinds == ["H2D", "D2H"] and cudart.syncs == 1
+    assert copies(cuda) == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"]
+    assert cuda.pending() == 0
     x2 = image(200, 64, seed=1)  # another size inside the profile
     np.testing.assert_allclose(backend.run({"image": x2})["logits"], expected_logits(x2),
                                rtol=1e-6)
@@ -242,47 +87,231 @@ def test_host_input_host_output(backend, cudart) -> None:
 
 def test_caller_owned_host_output_is_filled_in_place(backend) -> None:
     x = image()
-    buf = np.zeros((1, 7, 128, 96), np.float32)
+    buf = np.zeros(OUT_SHAPE, np.float32)
     out = backend.run({"image": x}, out={"logits": buf})
     assert out["logits"] is buf
     np.testing.assert_allclose(buf, expected_logits(x), rtol=1e-6)
 
 
-def test_device_input_and_output_are_zero_copy_and_asynchronous(backend, cudart) -> None:
+# --- device arrays, alignment --------------------------------------------------------------------
+
+def test_device_input_and_output_are_zero_copy_and_complete_on_return(backend, cuda) -> None:
     x = image()
-    dev_in = DeviceBuffer(x)
-    dev_out = DeviceBuffer(np.zeros((1, 7, 128, 96), np.float32))
+    dev_in = cuda.device_array(SHAPE)
+    dev_in.array[...] = x
+    dev_out = cuda.device_array(OUT_SHAPE)
     out = backend.run({"image": dev_in}, out={"logits": dev_out})
     assert out["logits"] is dev_out
-    assert cudart.copies == [] and cudart.syncs == 0  # no copies, no wait
-    stream, addresses = backend.trt.executions[-1]
-    assert stream == 7
-    assert addresses == {"image": x.ctypes.data, "logits": dev_out.array.ctypes.data}
-    backend.synchronize()
-    assert cudart.syncs == 1
+    assert copies(cuda) == []
+    stream, addresses, _ = backend.trt.executions[-1]
+    assert addresses == {"image": dev_in.array.ctypes.data, "logits": dev_out.array.ctypes.data}
+    # The backend owns its stream, so run() waited: the result is there without a
+    # synchronize() (the stand-in only computes when the stream is synchronised).
+    assert ("cudaStreamSynchronize", stream, 0) in cuda.calls and cuda.pending() == 0
     np.testing.assert_allclose(dev_out.array, expected_logits(x), rtol=1e-6)
 
 
-def test_dlpack_cuda_input_is_bound_zero_copy(backend) -> None:
+def test_misaligned_device_input_is_staged_through_the_backends_buffer(backend, cuda) -> None:
     x = image()
-    backend.run({"image": DLPackCuda(x)})
-    assert backend.trt.executions[-1][1]["image"] == x.ctypes.data
+    dev_in = cuda.device_array(SHAPE, misalign=64)  # e.g. a DLPack view with a byte_offset
+    dev_in.array[...] = x
+    out = backend.run({"image": dev_in})
+    np.testing.assert_allclose(out["logits"], expected_logits(x), rtol=1e-6)
+    (staged, *_), bound = cuda.names("cudaMemcpyAsync"), backend.trt.executions[-1][1]["image"]
+    assert staged[1:4] == ("cudaMemcpyDeviceToDevice", bound, dev_in.array.ctypes.data)
+    assert bound % 256 == 0 and bound != dev_in.array.ctypes.data
+
+
+def test_misaligned_device_output_is_copied_after_the_run(backend, cuda) -> None:
+    x = image()
+    dev_out = cuda.device_array(OUT_SHAPE, misalign=32)
+    backend.run({"image": x}, out={"logits": dev_out})
+    np.testing.assert_allclose(dev_out.array, expected_logits(x), rtol=1e-6)
+    assert copies(cuda) == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToDevice"]
+    assert cuda.names("cudaMemcpyAsync")[-1][2] == dev_out.array.ctypes.data
+
+
+def test_misaligned_dlpack_view_is_staged(backend, cuda) -> None:
+    x = image()
+    view = aligned_host(SHAPE, misalign=16)
+    view[...] = x
+    backend.run({"image": DLPackCuda(view)})
+    assert backend.trt.executions[-1][1]["image"] != view.ctypes.data
+    assert "cudaMemcpyDeviceToDevice" in copies(cuda)
+
+
+def test_an_address_tensorrt_refuses_is_one_clear_error(backend) -> None:
+    backend.trt.context.set_tensor_address = lambda name, ptr: False
+    with pytest.raises(IsdnetError, match=r"TensorRT refused address 0x[0-9a-f]+ for tensor "
+                                          r"'image'"):
+        backend.run({"image": image()})
+
+
+def test_the_stand_in_refuses_misaligned_addresses_as_tensorrt_does(backend, cuda) -> None:
+    context = backend.trt.context
+    assert context.set_tensor_address("image", cuda.cudaMalloc(64)[1])
+    assert not context.set_tensor_address("image", cuda.cudaMalloc(64)[1] + 4)
+    assert not context.set_tensor_address("nope", cuda.cudaMalloc(64)[1])
+
+
+def test_dlpack_views_are_parsed_without_copying() -> None:
+    x = image()
     pair = np.concatenate([x, image(seed=3)])
     parsed = as_device_array(DLPackCuda(pair[1:]))  # a contiguous view with an offset
-    assert parsed.ptr == pair[1:].ctypes.data and parsed.shape == (1, 3, 128, 96)
+    assert parsed.ptr == pair[1:].ctypes.data and parsed.shape == SHAPE
     assert parsed.dtype == np.float32
     assert as_device_array(x) is None
     with pytest.raises(IsdnetError, match="not contiguous"):
         as_device_array(DLPackCuda(x[:, :, 4:20]))
 
 
-def test_pinned_staging_is_not_overwritten_while_a_copy_may_run(backend, cudart) -> None:
-    dev_out = DeviceBuffer(np.zeros((1, 7, 128, 96), np.float32))
-    backend.run({"image": image()}, out={"logits": dev_out})
-    assert cudart.syncs == 0
-    backend.run({"image": image(seed=2)}, out={"logits": dev_out})
-    assert cudart.syncs == 1  # waited before refilling the pinned input buffer
+def test_strided_device_input_is_refused(backend) -> None:
+    strided = DeviceBuffer(image(), strides=(3 * 128 * 96 * 8, 128 * 96 * 8, 96 * 8, 8))
+    with pytest.raises(IsdnetError, match="not C-contiguous"):
+        backend.run({"image": strided})
 
+
+# --- streams ------------------------------------------------------------------------------------
+
+def producer_stream(cuda: FakeCuda) -> int:
+    return int(cuda.cudaStreamCreate()[1])
+
+
+def test_cuda_array_interface_stream_is_waited_for(backend, cuda) -> None:
+    x = image()
+    producer = producer_stream(cuda)
+    dev_in = cuda.device_array(SHAPE, stream=producer, fill=x)  # written by queued work
+    out = backend.run({"image": dev_in})
+    np.testing.assert_allclose(out["logits"], expected_logits(x), rtol=1e-6)
+    (record,) = cuda.names("cudaEventRecord")
+    (wait,) = cuda.names("cudaStreamWaitEvent")
+    assert record[1:] == (wait[2], producer) and wait[1] == backend._stream_handle
+
+
+def test_the_stand_in_leaves_stale_data_without_that_wait(backend, cuda) -> None:
+    """The control for the test above: the same input without its ``stream`` key is read
+    before the producer's work has run."""
+    x = image()
+    dev_in = cuda.device_array(SHAPE, stream=producer_stream(cuda), fill=x)
+    del dev_in.__cuda_array_interface__["stream"]
+    out = backend.run({"image": dev_in})
+    assert not out["logits"].any() and cuda.pending() == 1  # zeros; the fill still queued
+
+
+def test_dlpack_producer_gets_the_backends_stream(backend, cuda) -> None:
+    x = image()
+    producer = producer_stream(cuda)
+    source = DLPackCuda(cuda.device_array(SHAPE, stream=producer, fill=x).array, cuda,
+                        producer)
+    out = backend.run({"image": source})
+    np.testing.assert_allclose(out["logits"], expected_logits(x), rtol=1e-6)
+    assert backend._stream_handle in source.streams and None not in source.streams[-1:]
+
+
+def test_caller_stream_runs_asynchronously_until_synchronised(tmp_path, cuda) -> None:
+    caller = producer_stream(cuda)
+    x = image()
+    with open_backend(tmp_path, cuda, stream=caller) as backend:
+        dev_out = cuda.device_array(OUT_SHAPE)
+        backend.run({"image": cuda.device_array(SHAPE, stream=caller, fill=x)},
+                    out={"logits": dev_out})
+        assert backend.trt.executions[-1][0] == caller
+        assert not dev_out.array.any() and cuda.pending() > 0  # queued, not done
+        assert cuda.names("cudaEventRecord") == []  # same stream: ordered already
+        backend.synchronize()
+        np.testing.assert_allclose(dev_out.array, expected_logits(x), rtol=1e-6)
+        host = backend.run({"image": x})["logits"]  # host outputs: complete on return
+        np.testing.assert_allclose(host, expected_logits(x), rtol=1e-6)
+    assert caller in cuda.streams  # the caller's stream is the caller's to destroy
+    assert cuda.names("cudaStreamDestroy") == []
+
+
+def test_pinned_staging_is_not_overwritten_while_a_copy_may_run(tmp_path, cuda) -> None:
+    with open_backend(tmp_path, cuda, stream=producer_stream(cuda)) as backend:
+        dev_out = cuda.device_array(OUT_SHAPE)
+        backend.run({"image": image()}, out={"logits": dev_out})
+        assert cuda.names("cudaStreamSynchronize") == []
+        x2 = image(seed=2)
+        backend.run({"image": x2}, out={"logits": dev_out})
+        assert len(cuda.names("cudaStreamSynchronize")) == 1  # before refilling the buffer
+        backend.synchronize()
+        np.testing.assert_allclose(dev_out.array, expected_logits(x2), rtol=1e-6)
+
+
+def test_open_engine_takes_a_stream(tmp_path, cuda, monkeypatch) -> None:
+    engine = write_engine(tmp_path)
+    monkeypatch.setattr(support, "import_tensorrt", lambda: fake_tensorrt(TRT10, cuda))
+    monkeypatch.setattr(support, "import_cudart", lambda: cuda)
+    caller = producer_stream(cuda)
+    with open_engine(engine, "cuda", stream=caller) as backend:
+        backend.run({"image": image()})
+        assert backend._stream_handle == caller
+    with pytest.raises(IsdnetError, match="takes no option 'threads'"):
+        open_engine(engine, "cuda", threads=2)
+
+
+# --- devices --------------------------------------------------------------------------------------
+
+def test_each_backend_runs_and_closes_on_its_own_gpu(tmp_path, monkeypatch) -> None:
+    cuda = FakeCuda(gpus=((GPU, (9, 0)), (GPU, (9, 0))))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    on_one = open_backend(tmp_path / "a", cuda, device="cuda:1")
+    on_zero = open_backend(tmp_path / "b", cuda, device="cuda:0")
+    assert cuda.current == 0 and on_one.device.index == 1
+    x = image()
+    # The stand-in engine refuses to run with another GPU current, as TensorRT's would.
+    np.testing.assert_allclose(on_one.run({"image": x})["logits"], expected_logits(x),
+                               rtol=1e-6)
+    assert on_one.trt.executions[-1][2] == 1
+    on_zero.run({"image": x})
+    assert on_zero.trt.executions[-1][2] == 0
+    start = len(cuda.calls)
+    on_one.close()
+    frees = [c for c in cuda.calls[start:] if c[0].startswith("free")]
+    assert len(frees) == 4 and {c[2] for c in frees} == {1}
+    on_zero.close()
+    assert cuda.live == {}
+
+
+def test_devices_are_checked(tmp_path, cuda) -> None:
+    engine = write_engine(tmp_path)
+    trt = fake_tensorrt(TRT10, cuda)
+    with pytest.raises(IsdnetError, match="pass device='cuda'"):
+        TensorRTBackend(engine, "cpu", trt_module=trt, cudart_module=cuda)
+    with pytest.raises(IsdnetError, match="cuda:1 does not exist"):
+        TensorRTBackend(engine, "cuda:1", trt_module=trt, cudart_module=cuda)
+    with pytest.raises(MissingDependencyError, match="no CUDA GPU"):
+        TensorRTBackend(engine, trt_module=trt, cudart_module=FakeCuda(gpus=()))
+
+
+# --- lifecycle, logger ---------------------------------------------------------------------------
+
+def test_close_frees_everything(tmp_path, cuda) -> None:
+    backend = open_backend(tmp_path, cuda)
+    assert len(cuda.live) == 4  # device + pinned buffer per tensor
+    stream = backend._stream_handle
+    backend.close()
+    assert cuda.live == {} and stream not in cuda.streams and cuda.events == {}
+    with pytest.raises(IsdnetError, match="closed"):
+        backend.run({"image": image()})
+    backend.close()  # idempotent
+
+
+def test_backends_and_builds_share_one_tensorrt_logger(tmp_path, cuda) -> None:
+    trt = fake_tensorrt(TRT10, cuda)
+    engine = write_engine(tmp_path)
+    with TensorRTBackend(engine, trt_module=trt, cudart_module=cuda), \
+            TensorRTBackend(engine, trt_module=trt, cudart_module=cuda):
+        trt.Builder(support.tensorrt_logger(trt))
+    assert [c for c in trt.calls if c[0] == "logger ignored"] == []
+    # The control: TensorRT (and the stand-in) ignore a second logger, with a warning.
+    other = type(support.tensorrt_logger(trt))()
+    trt.Runtime(other)
+    assert ("logger ignored", "Runtime") in trt.calls
+
+
+# --- refusals ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", [(32, 128), (128, 300)])
 def test_size_outside_the_profile_names_the_range(backend, size) -> None:
@@ -299,9 +328,6 @@ def test_bad_feeds_and_buffers_are_refused(backend) -> None:
         backend.run({"image": image()}, out={"labels": np.zeros((128, 96), np.uint8)})
     with pytest.raises(IsdnetError, match="out buffer 'logits'"):
         backend.run({"image": image()}, out={"logits": np.zeros((1, 7, 64, 64), np.float32)})
-    strided = DeviceBuffer(image(), strides=(3 * 128 * 96 * 8, 128 * 96 * 8, 96 * 8, 8))
-    with pytest.raises(IsdnetError, match="not C-contiguous"):
-        backend.run({"image": strided})
 
 
 def test_check_in_profile_message_for_nhwc() -> None:
@@ -311,81 +337,77 @@ def test_check_in_profile_message_for_nhwc() -> None:
         check_in_profile("image", "NCHW", (3, 20, 30), (1, 3, 32, 32), (1, 3, 64, 64))
 
 
-def test_close_frees_everything(tmp_path, cudart) -> None:
-    backend = TensorRTBackend(write_engine(tmp_path), trt_module=fake_tensorrt(),
-                              cudart_module=cudart)
-    assert len(cudart.live) == 4  # device + pinned buffer per tensor
-    backend.close()
-    assert cudart.live == {}
-    with pytest.raises(IsdnetError, match="closed"):
-        backend.run({"image": image()})
-    backend.close()  # idempotent
+@pytest.mark.parametrize("dtype", [DataType.BF16, DataType.FP8])
+def test_io_without_a_numpy_type_is_one_clear_error(tmp_path, cuda, dtype) -> None:
+    trt = fake_tensorrt(TRT11, cuda, io_dtype=dtype)
+    with pytest.raises(TypeError):
+        trt.nptype(dtype)  # what tensorrt.nptype does
+    with pytest.raises(IsdnetError, match=rf"input 'image' of TensorRT type {dtype.name}, "
+                                          r"which NumPy cannot hold; rebuild"):
+        TensorRTBackend(write_engine(tmp_path, version=TRT11), trt_module=trt,
+                        cudart_module=cuda)
+    assert cuda.live == {} and set(cuda.streams) == {1, 2}
 
 
-# --- refusals before TensorRT sees the engine -----------------------------------------------------
-
-def test_missing_sidecar(tmp_path, cudart) -> None:
+def test_missing_sidecar(tmp_path, cuda) -> None:
     engine = tmp_path / "model.engine"
-    engine.write_bytes(ENGINE_BYTES)
+    engine.write_bytes(b"FAKE-ENGINE " + TRT10.encode())
     with pytest.raises(IsdnetError, match=r"model\.engine\.json is missing.*isdnet-deploy build"):
-        TensorRTBackend(engine, trt_module=fake_tensorrt(), cudart_module=cudart)
+        TensorRTBackend(engine, trt_module=fake_tensorrt(TRT10, cuda), cudart_module=cuda)
 
 
-def test_engine_from_another_tensorrt_version(tmp_path, cudart) -> None:
+def test_engine_from_another_tensorrt_version(tmp_path, cuda) -> None:
     engine = write_engine(tmp_path, version="10.3.0")
     with pytest.raises(IsdnetError, match=r"TensorRT 10\.3\.0, this machine has TensorRT "
-                                          r"10\.9\.0; rebuild it here"):
-        TensorRTBackend(engine, trt_module=fake_tensorrt("10.9.0"), cudart_module=cudart)
+                                          r"10\.16\.1; rebuild it here"):
+        TensorRTBackend(engine, trt_module=fake_tensorrt(TRT10, cuda), cudart_module=cuda)
 
 
-def test_engine_for_another_gpu(tmp_path) -> None:
+def test_engine_for_another_gpu(tmp_path, cuda) -> None:
     engine = write_engine(tmp_path, gpu="NVIDIA A100", cc="8.0")
     with pytest.raises(IsdnetError, match=r"built for NVIDIA A100 .*rebuild it here"):
-        TensorRTBackend(engine, trt_module=fake_tensorrt(), cudart_module=FakeCudart())
+        TensorRTBackend(engine, trt_module=fake_tensorrt(TRT10, cuda), cudart_module=cuda)
 
 
-def test_truncated_engine(tmp_path, cudart) -> None:
+def test_truncated_engine(tmp_path, cuda) -> None:
     engine = write_engine(tmp_path)
-    engine.write_bytes(ENGINE_BYTES[:5])
+    engine.write_bytes(engine.read_bytes()[:5])
     with pytest.raises(IsdnetError, match="truncated or replaced"):
-        TensorRTBackend(engine, trt_module=fake_tensorrt(), cudart_module=cudart)
+        TensorRTBackend(engine, trt_module=fake_tensorrt(TRT10, cuda), cudart_module=cuda)
 
 
-def test_engine_tensorrt_cannot_load(tmp_path, cudart) -> None:
+def test_engine_tensorrt_cannot_load(tmp_path, cuda) -> None:
     engine = write_engine(tmp_path, data=b"garbage bytes!")  # sidecar agrees, bytes are junk
     with pytest.raises(IsdnetError, match=r"cannot load .*rebuild it here"):
-        TensorRTBackend(engine, trt_module=fake_tensorrt(), cudart_module=cudart)
+        TensorRTBackend(engine, trt_module=fake_tensorrt(TRT10, cuda), cudart_module=cuda)
 
 
-def test_sidecar_disagreeing_with_engine_tensors(tmp_path, cudart) -> None:
+def test_sidecar_disagreeing_with_engine_tensors(tmp_path, cuda) -> None:
     engine = write_engine(tmp_path)
     side = sidecar_path(engine)
     side.write_text(side.read_text().replace('"logits"', '"scores"'))
     with pytest.raises(IsdnetError, match="tensor 'logits' that its sidecar does not describe"):
-        TensorRTBackend(engine, trt_module=fake_tensorrt(), cudart_module=cudart)
+        TensorRTBackend(engine, trt_module=fake_tensorrt(TRT10, cuda), cudart_module=cuda)
 
 
-def test_devices(tmp_path, cudart) -> None:
-    engine = write_engine(tmp_path)
-    with pytest.raises(IsdnetError, match="pass device='cuda'"):
-        TensorRTBackend(engine, "cpu", trt_module=fake_tensorrt(), cudart_module=cudart)
-    with pytest.raises(IsdnetError, match="cuda:1 does not exist"):
-        TensorRTBackend(engine, "cuda:1", trt_module=fake_tensorrt(), cudart_module=cudart)
-    with pytest.raises(MissingDependencyError, match="no CUDA GPU"):
-        TensorRTBackend(engine, trt_module=fake_tensorrt(), cudart_module=FakeCudart(count=0))
-
-
-def test_missing_tensorrt_and_cuda_python(tmp_path, monkeypatch) -> None:
+def test_missing_tensorrt_and_cuda_python(tmp_path, cuda, monkeypatch) -> None:
     engine = write_engine(tmp_path)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(MissingDependencyError, match=r"tensorrt .*isdnet-deploy\[tensorrt\]"):
         open_engine(engine)
-    with pytest.raises(IsdnetError, match="takes no option 'threads'"):
-        open_engine(engine, "cuda", threads=2)
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingDependencyError, match=r"cuda-python .*isdnet-deploy\[tensorrt\]"):
-        TensorRTBackend(engine, trt_module=fake_tensorrt())
+        TensorRTBackend(engine, trt_module=fake_tensorrt(TRT10, cuda))
+
+
+def test_the_backend_imports_no_engine_data_metrics_or_torch() -> None:
+    code = ("import sys, isdnet_deploy.runtime.tensorrt_backend; print(sorted(m for m in "
+            "sys.modules if m.split('.')[:2] in (['isdnet_deploy', 'engine'], ['isdnet_deploy', "
+            "'data'], ['isdnet_deploy', 'metrics']) or m == 'torch'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
 
 
 # --- the real thing ----------------------------------------------------------------------------

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..engine.trt_compat import LOG_LEVELS
 from ..profiles import parse_size
+from ..runtime.tensorrt_support import LOG_LEVELS
 
 
 @click.command("build")
@@ -29,12 +29,15 @@ from ..profiles import parse_size
 @click.option("--fp16", is_flag=True,
               help="FP16 for an FP32 ONNX (flag on TensorRT 10, graph conversion on 11). "
                    "FP16/INT8 ONNX from 'isdnet-deploy quantize' need no flag.")
+@click.option("--device", default="cuda", show_default=True,
+              help="GPU to build on (cuda or cuda:N); the engine runs on GPUs of that model.")
 @click.option("--log-level", type=click.Choice(list(LOG_LEVELS)), default="warning",
               show_default=True, help="TensorRT messages shown.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def build_command(model: str, output: str | None, min_size: str | None, opt_size: str | None,
                   max_size: str | None, workspace: int, timing_cache: str | None,
-                  opt_level: int, fp16: bool, log_level: str, no_progress: bool) -> None:
+                  opt_level: int, fp16: bool, device: str, log_level: str,
+                  no_progress: bool) -> None:
     """Build a TensorRT engine (needs the [tensorrt] extra and an NVIDIA GPU).
 
     Example: isdnet-deploy build model.onnx -o model.engine --opt 1958x1958
@@ -43,22 +46,25 @@ def build_command(model: str, output: str | None, min_size: str | None, opt_size
 
     src = Path(model)
     engine = Path(output) if output else src.with_suffix(".engine")
-    result = build_engine(
+    report = build_engine(
         src, engine, min_shape=parse_size(min_size) if min_size else None,
         opt_shape=parse_size(opt_size) if opt_size else None,
         max_shape=parse_size(max_size) if max_size else None, workspace_mib=workspace,
-        timing_cache=timing_cache, opt_level=opt_level, fp16=fp16, log_level=log_level,
-        progress=not no_progress)
-    profile = result["profile"]
+        timing_cache=timing_cache, opt_level=opt_level, fp16=fp16, device=device,
+        log_level=log_level, progress=not no_progress)
+    precision = report.precision + (" (strongly typed)" if report.strongly_typed else "")
+    if report.fp16_ignored:
+        precision += ", --fp16 ignored"
+    profile = report.profile.to_dict()
     rows = [
-        ("engine", f"{result['engine']} ({result['engine_bytes'] / 2**20:.1f} MiB)"),
-        ("sidecar", result["sidecar"]),
-        ("precision", result["precision"] + (" (strongly typed)" if result["strongly_typed"]
-                                             else "")),
+        ("engine", f"{report.engine} ({report.engine_bytes / 2**20:.1f} MiB)"),
+        ("sidecar", report.sidecar),
+        ("precision", precision),
         ("profile HxW", " / ".join(f"{k} {v[0]}x{v[1]}" for k, v in profile.items())),
-        ("TensorRT", result["tensorrt_version"]),
-        ("GPU", f"{result['gpu']} (compute {result['compute_capability']})"),
-        ("build time", f"{result['build_seconds']:.1f} s"),
+        ("TensorRT", report.tensorrt_version),
+        ("GPU", f"cuda:{report.gpu.index} {report.gpu.name} (compute "
+                f"{report.gpu.compute_capability})"),
+        ("build time", f"{report.build_seconds:.1f} s"),
     ]
     for key, value in rows:
         click.echo(f"{key:>12}: {value}")

@@ -3,13 +3,18 @@
 One code path for TensorRT 10 and 11, chosen by what the module has (see ``trt_compat``):
 
 * ONNX with explicit precision (FP16 casts or INT8 Q/DQ, from ``isdnet-deploy quantize``):
-  a strongly typed network, no precision flags (TensorRT's recommendation for Q/DQ).
+  a strongly typed network, no precision flags (TensorRT's recommendation for Q/DQ). The
+  graph fixes every layer's precision then, so ``fp16=True`` on an INT8 graph changes
+  nothing; the build says so.
 * FP32 ONNX with ``fp16=True``: ``BuilderFlag.FP16`` where it still exists (10.x); where it
   is gone (11.x) the ONNX is first converted with ``precision.convert_fp16`` (verified on
   ONNX Runtime) and that graph is built strongly typed.
-* FP32 ONNX otherwise: a plain network, nothing set.
+* FP32 ONNX otherwise: nothing set (10.x builds it weakly typed in FP32, 11.x strongly
+  typed, which for an FP32 graph is the same arithmetic).
 
-Only ``_build_serialized`` touches TensorRT; tests drive it with a recording stand-in module.
+The engine is built on the requested GPU (``cudaSetDevice`` before the builder exists) and
+the sidecar records that GPU. Only ``_build_serialized`` touches TensorRT; tests drive it
+with the stand-ins in ``tests/trt_standins.py``.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from ..contract import Contract, load_onnx_proto, read_onnx_contract
 from ..errors import IsdnetError
 from ..fileio import atomic_write_bytes
 from ..profiles import get_profile
+from ..runtime import tensorrt_support as support
+from ..runtime.engine_sidecar import EngineSidecar, sha256_bytes, sidecar_path
+from ..runtime.tensorrt_support import GpuInfo
 from . import trt_compat
-from .sidecar import EngineSidecar, sha256_bytes, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -144,26 +151,17 @@ class PrecisionPlan:
     flags: list[str] = field(default_factory=list)  # BuilderFlag member names to set
     convert_fp16: bool = False  # convert the ONNX to FP16 first (TensorRT without the flag)
     precision: str = "fp32"  # what the engine computes in, for the sidecar
+    fp16_ignored: bool = False  # fp16 was asked for a graph whose precision is fixed (INT8)
 
 
 def plan_precision(trt: ModuleType, onnx_precision: str, fp16: bool) -> PrecisionPlan:
     """Translate the graph's precision and the request into network/builder settings."""
-    typed = trt_compat.strongly_typed_flag(trt) is not None
-    # No weak-typing flags at all (11.x): every network is strongly typed, flag or not.
-    always_typed = trt_compat.weak_precision_flag(trt, "FP16") is None
+    always_typed = trt_compat.always_strongly_typed(trt)
     if onnx_precision in ("fp16", "int8"):
-        if typed or always_typed:
-            return PrecisionPlan(strongly_typed=True, precision=onnx_precision)
-        # A 10.x without strong typing: the weak flags let the Q/DQ and FP16 layers run.
-        needed = ["FP16"] if onnx_precision == "fp16" or fp16 else []
-        needed += ["INT8"] if onnx_precision == "int8" else []
-        missing = [f for f in needed if trt_compat.weak_precision_flag(trt, f) is None]
-        if missing:
-            raise IsdnetError(f"this TensorRT lacks the {'/'.join(missing)} builder flag and "
-                              "strongly typed networks; install TensorRT >= 10")
-        return PrecisionPlan(strongly_typed=False, flags=needed, precision=onnx_precision)
+        return PrecisionPlan(strongly_typed=True, precision=onnx_precision,
+                             fp16_ignored=fp16 and onnx_precision == "int8")
     if not fp16:
-        return PrecisionPlan(strongly_typed=False)
+        return PrecisionPlan(strongly_typed=always_typed)
     if not always_typed:
         return PrecisionPlan(strongly_typed=False, flags=["FP16"], precision="fp16")
     return PrecisionPlan(strongly_typed=True, convert_fp16=True, precision="fp16")
@@ -172,36 +170,60 @@ def plan_precision(trt: ModuleType, onnx_precision: str, fp16: bool) -> Precisio
 # --- the build --------------------------------------------------------------------------------
 
 def _parse_errors(parser: Any) -> str:
-    errors = [str(parser.get_error(i)) for i in range(int(getattr(parser, "num_errors", 0)))]
+    errors = [str(parser.get_error(i)) for i in range(int(parser.num_errors))]
     return "; ".join(e.strip().replace("\n", " ") for e in errors[:3]) or "no details"
+
+
+def _attach_timing_cache(config: Any, path: Path) -> tuple[Any, str | None]:
+    """Load ``path`` into the config, or start an empty cache and say why.
+
+    ``create_timing_cache`` gives None for a blob this TensorRT cannot read (another
+    version), and ``set_timing_cache`` returns False for one recorded on another GPU;
+    ``set_timing_cache(None, ...)`` would raise TypeError. Either way the build goes on with
+    an empty cache, as Polygraphy does, and the file is replaced after the build.
+    """
+    old = path.read_bytes() if path.is_file() else b""
+    if old:
+        cache = config.create_timing_cache(old)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return cache, None
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise IsdnetError("TensorRT could not create an empty timing cache; build without "
+                          "--timing-cache")
+    if not old:
+        return cache, None
+    return cache, (f"timing cache {path} is from another TensorRT version or GPU; started an "
+                   "empty one, which replaces it after the build")
+
+
+def _set_profile_shapes(profile: Any, name: str, shapes: dict[str, list[int]]) -> None:
+    """``IOptimizationProfile.set_shape`` raises RuntimeError on inconsistent dims."""
+    try:
+        profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+    except RuntimeError as exc:
+        raise IsdnetError(
+            f"TensorRT refused the optimization profile of input {name!r} (min {shapes['min']}, "
+            f"opt {shapes['opt']}, max {shapes['max']}): {str(exc).strip()}; check --min/--opt/"
+            "--max and the model's input ranks") from None
 
 
 def _build_serialized(trt: ModuleType, onnx_path: Path, plan: PrecisionPlan,
                       profiles: dict[str, dict[str, list[int]]], workspace_mib: int,
-                      opt_level: int | None, timing_cache: Path | None, log_level: str,
-                      progress: bool) -> tuple[bytes, bytes | None]:
-    """The TensorRT API calls, and nothing else: engine bytes and timing-cache bytes."""
-    logger = trt_compat.make_logger(trt, log_level)
+                      opt_level: int | None, timing_cache: Path | None,
+                      progress: bool) -> tuple[bytes, bytes | None, list[str]]:
+    """The TensorRT API calls, and nothing else: engine bytes, timing-cache bytes, notes."""
+    logger = support.tensorrt_logger(trt)
     builder = trt.Builder(logger)
-    network_flags = 0
-    typed_flag = trt_compat.strongly_typed_flag(trt)
-    if plan.strongly_typed and typed_flag is not None:
-        network_flags |= 1 << int(typed_flag)
-    network = builder.create_network(network_flags)
+    network = builder.create_network(trt_compat.network_creation_flags(trt,
+                                                                       plan.strongly_typed))
     parser = trt.OnnxParser(network, logger)
-    if hasattr(parser, "parse_from_file"):
-        parsed = parser.parse_from_file(os.fspath(onnx_path))
-    else:
-        parsed = parser.parse(onnx_path.read_bytes(), os.fspath(onnx_path))
-    if not parsed:
+    if not parser.parse_from_file(os.fspath(onnx_path)):
         raise IsdnetError(f"TensorRT cannot parse {onnx_path}: {_parse_errors(parser)}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     if opt_level is not None:
-        if not hasattr(config, "builder_optimization_level"):
-            raise IsdnetError("this TensorRT has no builder optimization levels; drop "
-                              "--opt-level")
         config.builder_optimization_level = int(opt_level)
     for name in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
@@ -212,30 +234,44 @@ def _build_serialized(trt: ModuleType, onnx_path: Path, plan: PrecisionPlan,
         if name not in profiles:
             raise IsdnetError(f"the ONNX graph has input {name!r} that its contract does not "
                               "describe; re-export the model")
-        shapes = profiles[name]
-        profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+        _set_profile_shapes(profile, name, profiles[name])
     config.add_optimization_profile(profile)
 
+    notes = []
     cache = None
     if timing_cache is not None:
-        old = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(old)
-        if not config.set_timing_cache(cache, False) and old:
-            log.warning("timing cache %s is from another TensorRT or GPU; starting a new one",
-                        timing_cache)
-            cache = config.create_timing_cache(b"")
-            config.set_timing_cache(cache, False)
+        cache, note = _attach_timing_cache(config, timing_cache)
+        if note:
+            log.warning("%s", note)
+            notes.append(note)
 
-    monitor = trt_compat.make_progress_monitor(trt) if progress else None
-    if monitor is not None:
-        config.progress_monitor = monitor
+    if progress:
+        config.progress_monitor = trt_compat.make_progress_monitor(trt)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise IsdnetError(f"TensorRT could not build an engine from {onnx_path} (see the "
                           "TensorRT messages above); a larger --workspace may help")
     engine = bytes(serialized)
     cache_bytes = bytes(config.get_timing_cache().serialize()) if cache is not None else None
-    return engine, cache_bytes
+    return engine, cache_bytes, notes
+
+
+@dataclass
+class BuildReport:
+    """What ``build_engine`` made: files, precision, profile, and the TensorRT and GPU used."""
+
+    engine: str
+    sidecar: str
+    engine_bytes: int
+    precision: str
+    strongly_typed: bool
+    converted_to_fp16: bool
+    fp16_ignored: bool
+    profile: ProfileShapes
+    tensorrt_version: str
+    gpu: GpuInfo
+    build_seconds: float
+    notes: list[str] = field(default_factory=list)
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *,
@@ -243,16 +279,19 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
                  max_shape: Size | None = None, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
                  timing_cache: str | os.PathLike | None = None,
                  opt_level: int | None = DEFAULT_OPT_LEVEL, fp16: bool = False,
-                 log_level: str = "warning", progress: bool = True,
+                 device: str = "cuda", log_level: str = "warning", progress: bool = True,
                  trt_module: ModuleType | None = None,
-                 cudart_module: ModuleType | None = None) -> dict[str, Any]:
-    """Build ``engine_path`` (and ``engine_path.json``) from an exported ONNX model."""
+                 cudart_module: ModuleType | None = None) -> BuildReport:
+    """Build ``engine_path`` (and ``engine_path.json``) from an exported ONNX model on GPU
+    ``device`` ('cuda' or 'cuda:N'); the engine runs on GPUs of that model only."""
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if workspace_mib <= 0:
         raise IsdnetError(f"--workspace must be a positive number of MiB, got {workspace_mib}")
     if engine_path.is_dir():
         raise IsdnetError(f"output {engine_path} is a directory; give a file name such as "
                           "model.engine")
+    index = support.cuda_device_index(device)
+    support.set_log_level(log_level)
     model = load_onnx_proto(os.fspath(onnx_path))
     contract = read_onnx_contract(model)
     if contract is None:
@@ -261,29 +300,37 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     shapes = derive_profile_shapes(contract, opt_shape, min_shape, max_shape)
     profiles = input_profiles(contract, shapes)
 
-    trt = trt_module or trt_compat.import_tensorrt()
-    cudart = cudart_module or trt_compat.import_cudart()
-    gpu = trt_compat.gpu_info(cudart)
+    trt = trt_module or support.import_tensorrt()
+    cudart = cudart_module or support.import_cudart()
+    gpu = support.gpu_info(cudart, index)
     onnx_precision = graph_precision(model)
     plan = plan_precision(trt, onnx_precision, fp16)
     del model
 
+    notes = []
+    if plan.fp16_ignored:
+        notes.append(f"--fp16 is ignored: {onnx_path.name} is an INT8 (Q/DQ) graph, built "
+                     "strongly typed, so each layer runs in the precision the graph gives it")
+        log.warning("%s", notes[-1])
     start = time.perf_counter()
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     cache_path = Path(timing_cache) if timing_cache is not None else None
+    support.check_cuda(cudart.cudaSetDevice(index), "cudaSetDevice")
     with trt_compat.redirect_logging_to_tqdm(progress), \
             tempfile.TemporaryDirectory(prefix="isdnet-build-") as work:
         source = onnx_path
         if plan.convert_fp16:
             from .precision import convert_fp16
 
-            log.warning("this TensorRT has no FP16 builder flag: converting %s to FP16 in the "
-                        "graph first (isdnet-deploy quantize --precision fp16 does this ahead "
-                        "of time)", onnx_path)
+            notes.append(f"this TensorRT has no FP16 builder flag: {onnx_path.name} was "
+                         "converted to FP16 in the graph first (isdnet-deploy quantize "
+                         "--precision fp16 does this ahead of time)")
+            log.warning("%s", notes[-1])
             source = Path(work, "model.fp16.onnx")
             convert_fp16(onnx_path, source, progress=progress)
-        engine, cache_bytes = _build_serialized(trt, source, plan, profiles, workspace_mib,
-                                                opt_level, cache_path, log_level, progress)
+        engine, cache_bytes, build_notes = _build_serialized(
+            trt, source, plan, profiles, workspace_mib, opt_level, cache_path, progress)
+    notes += build_notes
     atomic_write_bytes(engine_path, engine)
     if cache_path is not None and cache_bytes is not None:
         atomic_write_bytes(cache_path, cache_bytes)
@@ -294,24 +341,27 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         "onnx": os.fspath(onnx_path),
         "onnx_precision": onnx_precision,
         "requested_fp16": fp16,
+        "fp16_ignored": plan.fp16_ignored,
         "precision_flags": plan.flags,
         "strongly_typed": plan.strongly_typed,
         "converted_to_fp16": plan.convert_fp16,
         "workspace_mib": workspace_mib,
         "opt_level": opt_level,
         "timing_cache": os.fspath(cache_path) if cache_path else None,
+        "device_index": index,
         "build_seconds": round(seconds, 2),
     }
     sidecar = EngineSidecar(
-        contract=contract, tensorrt_version=trt_compat.tensorrt_version(trt),
+        contract=contract, tensorrt_version=support.tensorrt_version(trt),
         gpu_name=gpu.name, compute_capability=gpu.compute_capability,
         profile={**shapes.to_dict(), "inputs": profiles}, build=options,
         engine_bytes=len(engine), engine_sha256=sha256_bytes(engine),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    side = write_sidecar(engine_path, sidecar)
+    side = sidecar_path(engine_path)
+    atomic_write_bytes(side, sidecar.to_json().encode())
     log.info("built %s in %.1f s", engine_path, seconds)
-    return {"engine": os.fspath(engine_path), "sidecar": os.fspath(side),
-            "engine_bytes": len(engine), "precision": plan.precision,
-            "tensorrt_version": sidecar.tensorrt_version, "gpu": gpu.name,
-            "compute_capability": gpu.compute_capability, "profile": shapes.to_dict(),
-            **options}
+    return BuildReport(
+        engine=os.fspath(engine_path), sidecar=os.fspath(side), engine_bytes=len(engine),
+        precision=plan.precision, strongly_typed=plan.strongly_typed,
+        converted_to_fp16=plan.convert_fp16, fp16_ignored=plan.fp16_ignored, profile=shapes,
+        tensorrt_version=sidecar.tensorrt_version, gpu=gpu, build_seconds=seconds, notes=notes)

@@ -1,11 +1,21 @@
-"""Feature detection for the TensorRT and CUDA Python APIs.
+"""The builder-side differences between TensorRT 10.x and 11.x, found by what the module has.
 
-TensorRT 11 removed the weak-typing precision flags (``BuilderFlag.FP16``/``INT8``) and INT8
-calibration; TensorRT 10 still has them and also offers strongly typed networks. Code here
-asks the module what it has (``hasattr``), never which version string it reports, so one
-path serves both. Everything that touches ``tensorrt`` or ``cuda-python`` is kept in this
-file and the two thin callers (``engine.build``, ``runtime.tensorrt_backend``) so that the
-rest can be tested with a stand-in module on a machine without a GPU.
+Read from NVIDIA/TensorRT's headers and Python bindings at tags v10.16 and v11.1
+(``include/NvInfer.h``, ``python/src/infer/pyCore.cpp``):
+
+* ``BuilderFlag.FP16`` / ``INT8`` exist in 10.x (deprecated since 10.12) and are gone in 11.x,
+  where every network is strongly typed.
+* ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is 1 in 10.x and must be set to get a
+  strongly typed network; in 11.x it is 0, deprecated and ignored, and bit 1 of the
+  ``create_network`` mask now means ``PREFER_JIT_PYTHON_PLUGINS``. So the mask is computed
+  here, never as ``1 << 1``.
+* ``STRONGLY_TYPED``, ``IProgressMonitor``, ``builder_optimization_level`` and
+  ``OnnxParser.parse_from_file`` all exist from 10.0 on, which the [tensorrt] extra requires,
+  so the builder uses them without checking.
+
+Code asks the module what it has (``hasattr``), never which version string it reports. What
+the runtime shares with the builder (imports, logger, GPU facts) is in
+``runtime.tensorrt_support``.
 """
 
 from __future__ import annotations
@@ -13,97 +23,39 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ..errors import IsdnetError, MissingDependencyError, missing
-
-log = logging.getLogger("isdnet_deploy.tensorrt")
-
-# TensorRT severities by name (the enum's members have these names in 10.x and 11.x).
-_SEVERITY_TO_LOGGING = {
-    "INTERNAL_ERROR": logging.CRITICAL,
-    "ERROR": logging.ERROR,
-    "WARNING": logging.WARNING,
-    "INFO": logging.INFO,
-    "VERBOSE": logging.DEBUG,
-}
-LOG_LEVELS = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO,
-              "verbose": logging.DEBUG}
+from ..runtime.tensorrt_support import log
 
 
-def import_tensorrt() -> ModuleType:
-    try:
-        import tensorrt
-    except ImportError:
-        raise missing("tensorrt", "tensorrt", "needed to build and run TensorRT engines") from None
-    return tensorrt
+def always_strongly_typed(trt: ModuleType) -> bool:
+    """True on TensorRT 11.x, which dropped the weak-typing precision flags
+    (``BuilderFlag.FP16`` and the like): every network is strongly typed there."""
+    return not hasattr(trt.BuilderFlag, "FP16")
 
 
-def import_cudart() -> ModuleType:
-    """NVIDIA's cuda-python runtime bindings (new and pre-12.8 module layouts)."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime
-        except ImportError:
-            raise missing("cuda-python", "tensorrt",
-                          "needed for CUDA streams and device buffers") from None
-    return runtime
+def network_creation_flags(trt: ModuleType, strongly_typed: bool) -> int:
+    """The ``Builder.create_network`` bitmask.
+
+    10.x: ``1 << STRONGLY_TYPED`` (= 1 << 1) for a strongly typed network. 11.x: 0, since
+    networks are strongly typed anyway and the flag (= 0) is ignored.
+    """
+    if not strongly_typed or always_strongly_typed(trt):
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-# --- builder features ---------------------------------------------------------------------
-
-def weak_precision_flag(trt: ModuleType, name: str) -> Any | None:
-    """``BuilderFlag.<name>`` where this TensorRT still has it (10.x), else None (11.x)."""
-    return getattr(trt.BuilderFlag, name, None)
-
-
-def strongly_typed_flag(trt: ModuleType) -> Any | None:
-    creation = getattr(trt, "NetworkDefinitionCreationFlag", None)
-    return getattr(creation, "STRONGLY_TYPED", None) if creation is not None else None
-
-
-def tensorrt_version(trt: ModuleType) -> str:
-    return str(getattr(trt, "__version__", "unknown"))
-
-
-# --- logging and progress adapters -------------------------------------------------------
-
-def make_logger(trt: ModuleType, level: str = "warning") -> Any:
-    """A ``trt.ILogger`` that forwards to Python logging, so the CLI decides what is shown."""
-    if level not in LOG_LEVELS:
-        raise IsdnetError(f"log level {level!r} is not one of: {', '.join(LOG_LEVELS)}")
-    threshold = LOG_LEVELS[level]
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity: Any, msg: str) -> None:
-            py_level = _SEVERITY_TO_LOGGING.get(getattr(severity, "name", str(severity)),
-                                                logging.INFO)
-            if py_level >= threshold:
-                log.log(py_level, "TensorRT: %s", msg)
-
-    return _Logger()
-
-
-def make_progress_monitor(trt: ModuleType) -> Any | None:
+def make_progress_monitor(trt: ModuleType) -> Any:
     """A ``trt.IProgressMonitor`` drawing one tqdm bar per top-level build phase.
 
-    TensorRT calls it from several threads, hence the lock. None where the API lacks it.
+    TensorRT calls it from several threads, hence the lock.
     """
-    base = getattr(trt, "IProgressMonitor", None)
-    if base is None:
-        return None
     from tqdm.auto import tqdm
 
-    class _Monitor(base):
+    class _Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
-            base.__init__(self)
+            trt.IProgressMonitor.__init__(self)
             self._lock = threading.Lock()
             self._bars: dict[str, Any] = {}
 
@@ -127,54 +79,6 @@ def make_progress_monitor(trt: ModuleType) -> Any | None:
                     bar.close()
 
     return _Monitor()
-
-
-# --- CUDA device ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GpuInfo:
-    index: int
-    name: str
-    compute_capability: str  # "major.minor"
-
-
-def check_cuda(result: Any, what: str) -> Any:
-    """Unpack a cuda-python ``(err, *values)`` tuple; a failure becomes one clear line."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise IsdnetError(f"CUDA call {what} failed: {getattr(err, 'name', err)}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def gpu_info(cudart: ModuleType, index: int = 0) -> GpuInfo:
-    """Name and compute capability of GPU ``index``; no GPU -> MissingDependencyError."""
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count == 0:
-        reason = getattr(err, "name", str(err)) if int(err) != 0 else "no devices"
-        raise MissingDependencyError(
-            f"no CUDA GPU is visible ({reason}); TensorRT needs an NVIDIA GPU with a working "
-            "driver (check nvidia-smi and CUDA_VISIBLE_DEVICES)")
-    if not 0 <= index < count:
-        raise IsdnetError(f"device cuda:{index} does not exist; this machine has {count} "
-                          f"GPU(s): use cuda:0..cuda:{count - 1}")
-    props = check_cuda(cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
-    name = props.name
-    if isinstance(name, bytes):
-        name = name.split(b"\0", 1)[0].decode(errors="replace")
-    return GpuInfo(index=index, name=str(name), compute_capability=f"{props.major}.{props.minor}")
-
-
-def parse_device(device: str) -> int:
-    """'cuda' / 'auto' / 'cuda:1' -> device index; anything else is not a TensorRT device."""
-    text = device.strip().lower()
-    if text in ("cuda", "auto"):
-        return 0
-    if text.startswith("cuda:") and text[5:].isdigit():
-        return int(text[5:])
-    raise IsdnetError(f"device {device!r} cannot run a TensorRT engine; pass device='cuda' "
-                      "(or cuda:N)")
 
 
 @contextlib.contextmanager

@@ -67,12 +67,17 @@ _DLPACK_CUDA_MANAGED = 13
 
 @dataclass
 class DeviceArray:
-    """Pointer, shape and dtype of a caller's device buffer (kept alive via ``owner``)."""
+    """Pointer, shape and dtype of a caller's device buffer (kept alive via ``owner``).
+
+    ``stream`` is the producer's CUDA stream from ``__cuda_array_interface__`` (v3), whose
+    work a consumer must wait for; None when no wait is needed (absent key, or DLPack, whose
+    producer orders its work onto the consumer's stream given to ``__dlpack__``)."""
 
     ptr: int
     shape: tuple[int, ...]
     dtype: np.dtype
     owner: Any
+    stream: int | None = None
 
 
 class _DLDevice(ctypes.Structure):
@@ -103,9 +108,9 @@ def _contiguous(shape: tuple[int, ...], strides: tuple[int, ...] | None, itemsiz
     return True
 
 
-def _from_dlpack(obj: Any) -> DeviceArray:
+def _from_dlpack(obj: Any, stream: int | None) -> DeviceArray:
     """Read a DLPack capsule's DLTensor without consuming it (its deleter still runs)."""
-    capsule = obj.__dlpack__()
+    capsule = obj.__dlpack__() if stream is None else obj.__dlpack__(stream=stream)
     get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
     get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object,
                                                                   ctypes.c_char_p]
@@ -123,8 +128,12 @@ def _from_dlpack(obj: Any) -> DeviceArray:
                        (obj, capsule))
 
 
-def as_device_array(obj: Any) -> DeviceArray | None:
-    """The device buffer behind ``obj``, or None when it is a host array."""
+def as_device_array(obj: Any, stream: int | None = None) -> DeviceArray | None:
+    """The device buffer behind ``obj``, or None when it is a host array.
+
+    ``stream``: the consumer's CUDA stream, passed to ``__dlpack__(stream=...)`` so that the
+    producer orders its pending work before it (None: DLPack's default, the legacy default
+    stream)."""
     iface = getattr(obj, "__cuda_array_interface__", None)
     if iface is not None:
         shape = tuple(int(d) for d in iface["shape"])
@@ -132,10 +141,10 @@ def as_device_array(obj: Any) -> DeviceArray | None:
         strides = iface.get("strides")
         if not _contiguous(shape, tuple(strides) if strides else None, dtype.itemsize):
             raise IsdnetError("device input is not C-contiguous; make it contiguous first")
-        return DeviceArray(int(iface["data"][0]), shape, dtype, obj)
+        return DeviceArray(int(iface["data"][0]), shape, dtype, obj, iface.get("stream"))
     device = getattr(obj, "__dlpack_device__", None)
     if device is not None and not isinstance(obj, np.ndarray):
         kind = int(device()[0])
         if kind in (_DLPACK_CUDA, _DLPACK_CUDA_MANAGED):
-            return _from_dlpack(obj)
+            return _from_dlpack(obj, stream)
     return None

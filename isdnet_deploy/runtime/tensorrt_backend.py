@@ -9,10 +9,29 @@ Data movement:
 * device inputs (``__cuda_array_interface__`` or DLPack objects) are bound zero-copy;
 * outputs go to caller-owned buffers when given (device ones zero-copy), else to pinned
   buffers copied out into fresh numpy arrays.
-When every output lives on the device, ``run`` returns without waiting; ``synchronize``
-waits, which is what the FPS protocol needs.
+TensorRT needs every tensor address 256-byte aligned (``setTensorAddress`` in
+NvInferRuntime.h, 10.x and 11.x) and says no by returning False; a caller's device buffer
+that is not (a DLPack view with a ``byte_offset``, a slice) is staged through the backend's
+own buffer with a device-to-device copy.
 
-CUDA comes from NVIDIA's cuda-python (``cuda.bindings.runtime``); no torch import.
+Stream contract:
+* Opened without ``stream``, the backend runs on a CUDA stream of its own and ``run``
+  returns when the outputs are complete, device outputs included.
+* Opened with ``stream=`` (a ``cudaStream_t`` handle: an int such as
+  ``torch.cuda.current_stream().cuda_stream``, or a cuda-python stream), everything is
+  queued on that stream and ``run`` returns as soon as it is queued when every output is a
+  caller-owned device buffer: the caller orders its later work on that stream, or calls
+  ``synchronize``. Host outputs are complete on return either way. The caller's stream is
+  never destroyed.
+* Device inputs and output buffers are touched only after their producer's work: the
+  ``stream`` of ``__cuda_array_interface__`` (v3) is waited for with an event, and DLPack
+  producers get ``__dlpack__(stream=<the backend's stream>)``, which tells them to order
+  their work before it (without it, DLPack means the legacy default stream). A caller that
+  overwrites an input before the run is complete races with it.
+
+Every call that touches CUDA (open, run, synchronize, close) first makes the backend's GPU
+current, so backends on different GPUs can share a thread. CUDA comes from NVIDIA's
+cuda-python (``cuda.bindings.runtime``); no torch import.
 """
 
 from __future__ import annotations
@@ -28,19 +47,25 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import trt_compat
-from ..engine.sidecar import (
+from ..errors import IsdnetError
+from . import tensorrt_support as support
+from .backend import Backend
+from .engine_sidecar import (
     EngineSidecar,
     check_compatible,
     read_engine_bytes,
     read_sidecar,
     rebuild_hint,
 )
-from ..errors import IsdnetError
-from .backend import Backend
-from .inputs import as_device_array
+from .inputs import DeviceArray, as_device_array
 
 log = logging.getLogger(__name__)
+
+# NvInferRuntime.h (TensorRT 10.16 and 11.1), IExecutionContext::setTensorAddress: "The
+# pointer must have at least 256-byte alignment." cudaMalloc's pointers always are.
+TENSOR_ALIGNMENT = 256
+_LEGACY_DEFAULT_STREAM = 1  # DLPack / CUDA Array Interface number for CUDA's NULL stream
+
 
 def check_in_profile(name: str, layout: str, shape: tuple[int, ...], low: tuple[int, ...],
                      high: tuple[int, ...]) -> None:
@@ -59,18 +84,23 @@ def check_in_profile(name: str, layout: str, shape: tuple[int, ...], low: tuple[
                           "with isdnet-deploy build --min/--max")
 
 
-# --- CUDA memory through cuda-python ----------------------------------------------------------
+# --- CUDA through cuda-python ---------------------------------------------------------------
 
 class _Cuda:
-    """The few cuda-python runtime calls the backend needs, with errors made readable."""
+    """The few cuda-python runtime calls the backend needs, on one GPU, errors made readable."""
 
-    def __init__(self, cudart: ModuleType) -> None:
-        self.rt = cudart
-        self.h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self.d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    def __init__(self, cudart: ModuleType, index: int) -> None:
+        self.rt, self.index = cudart, index
+        kinds = cudart.cudaMemcpyKind
+        self.h2d = kinds.cudaMemcpyHostToDevice
+        self.d2h = kinds.cudaMemcpyDeviceToHost
+        self.d2d = kinds.cudaMemcpyDeviceToDevice
 
     def call(self, name: str, *args: Any) -> Any:
-        return trt_compat.check_cuda(getattr(self.rt, name)(*args), name)
+        return support.check_cuda(getattr(self.rt, name)(*args), name)
+
+    def activate(self) -> None:
+        self.call("cudaSetDevice", self.index)
 
     def malloc(self, nbytes: int) -> int:
         return int(self.call("cudaMalloc", max(nbytes, 1)))
@@ -94,46 +124,52 @@ class _Tensor:
     min_shape: tuple[int, ...] = ()
     max_shape: tuple[int, ...] = ()
 
+    def bytes_for(self, shape: tuple[int, ...]) -> int:
+        return int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
+
 
 class TensorRTBackend(Backend):
-    """A deserialized engine with one execution context and one CUDA stream."""
+    """A deserialized engine with one execution context on one CUDA stream."""
 
     name = "tensorrt"
 
     def __init__(self, path: str | os.PathLike, device: str = "cuda", *,
-                 trt_module: ModuleType | None = None,
+                 stream: Any = None, trt_module: ModuleType | None = None,
                  cudart_module: ModuleType | None = None) -> None:
         self.path = Path(path)
         self.sidecar: EngineSidecar = read_sidecar(self.path)
-        index = trt_compat.parse_device(device)
-        trt = trt_module or trt_compat.import_tensorrt()
-        cudart = cudart_module or trt_compat.import_cudart()
-        gpu = trt_compat.gpu_info(cudart, index)
-        check_compatible(self.sidecar, self.path, trt_compat.tensorrt_version(trt), gpu)
+        index = support.cuda_device_index(device)
+        trt = trt_module or support.import_tensorrt()
+        cudart = cudart_module or support.import_cudart()
+        gpu = support.gpu_info(cudart, index)
+        check_compatible(self.sidecar, self.path, support.tensorrt_version(trt), gpu)
         data = read_engine_bytes(self.path, self.sidecar)
 
-        self._cuda = _Cuda(cudart)
-        self._cuda.call("cudaSetDevice", index)
+        self._cuda = _Cuda(cudart, index)
+        self._cuda.activate()
         self._trt = trt
-        self._logger = trt_compat.make_logger(trt, "warning")
-        self._runtime = trt.Runtime(self._logger)
-        try:
-            self._engine = self._runtime.deserialize_cuda_engine(data)
-        except Exception as exc:  # some TensorRT builds raise instead of returning None
-            raise IsdnetError(f"TensorRT cannot load {self.path} ({exc}); "
-                              f"{rebuild_hint(self.sidecar, self.path)}") from None
+        self._runtime = trt.Runtime(support.tensorrt_logger(trt))
+        self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise IsdnetError(f"TensorRT cannot load {self.path} (corrupt or incompatible "
                               f"engine); {rebuild_hint(self.sidecar, self.path)}")
+        self._tensors: dict[str, _Tensor] = self._io_tensors()
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise IsdnetError(f"TensorRT could not create an execution context for "
                               f"{self.path} (out of GPU memory?)")
-        self._stream = self._cuda.call("cudaStreamCreate")
+        self._owns_stream = stream is None
+        self._stream = self._cuda.call("cudaStreamCreate") if stream is None else stream
         self._stream_handle = int(self._stream)
+        self._event = None
         self._pending_h2d = False
-        self._tensors: dict[str, _Tensor] = {}
-        self._allocate()
+        try:
+            self._event = self._cuda.call("cudaEventCreateWithFlags",
+                                          cudart.cudaEventDisableTiming)
+            self._allocate()
+        except BaseException:
+            self._release()
+            raise
         super().__init__(self.sidecar.contract, f"cuda:{index}")
 
     # --- setup -------------------------------------------------------------------------
@@ -149,7 +185,15 @@ class TensorRTBackend(Backend):
                 raise IsdnetError(f"{self.path} has tensor {name!r} that its sidecar does not "
                                   f"describe; {rebuild_hint(self.sidecar, self.path)}")
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            trt_dtype = engine.get_tensor_dtype(name)
+            try:  # tensorrt.nptype raises TypeError for BF16, FP8, INT4, FP4
+                dtype = np.dtype(trt.nptype(trt_dtype))
+            except TypeError:
+                raise IsdnetError(
+                    f"{self.path} has {'input' if is_input else 'output'} {name!r} of TensorRT "
+                    f"type {getattr(trt_dtype, 'name', trt_dtype)}, which NumPy cannot hold; "
+                    "rebuild it from an ONNX whose inputs and outputs are float32, float16 or "
+                    "uint8 (as isdnet-deploy export and quantize write them)") from None
             tensors[name] = _Tensor(name, is_input, dtype, specs[name].layout)
         absent = [s.name for s in contract.inputs if s.name not in tensors]
         if absent:
@@ -159,7 +203,6 @@ class TensorRTBackend(Backend):
 
     def _allocate(self) -> None:
         """Device and pinned buffers sized for the profile's largest shapes, made once."""
-        self._tensors = self._io_tensors()
         inputs = [t for t in self._tensors.values() if t.is_input]
         for t in inputs:
             low, _, high = self._engine.get_tensor_profile_shape(t.name, 0)
@@ -173,7 +216,7 @@ class TensorRTBackend(Backend):
                 raise IsdnetError(f"output {t.name!r} has a data-dependent shape {shape}, "
                                   "which this backend does not support")
             t.max_shape = shape
-            t.nbytes = int(np.prod(shape, dtype=np.int64)) * t.dtype.itemsize
+            t.nbytes = t.bytes_for(shape)
             t.device_ptr = self._cuda.malloc(t.nbytes)
             t.host_ptr, t.host = self._cuda.malloc_host(t.nbytes)
 
@@ -183,78 +226,98 @@ class TensorRTBackend(Backend):
         t = self._tensors[name]
         return t.min_shape, t.max_shape
 
+    def _device_array(self, value: Any) -> DeviceArray | None:
+        """A caller's device buffer, ordered after its producer's work on our stream."""
+        device = as_device_array(value, stream=self._stream_handle or _LEGACY_DEFAULT_STREAM)
+        if device is not None and device.stream is not None:
+            producer = int(device.stream)
+            if producer != self._stream_handle:
+                self._cuda.call("cudaEventRecord", self._event, producer)
+                self._cuda.call("cudaStreamWaitEvent", self._stream, self._event, 0)
+        return device
+
+    def _set_address(self, name: str, ptr: int) -> None:
+        if not self._context.set_tensor_address(name, ptr):
+            raise IsdnetError(f"TensorRT refused address {ptr:#x} for tensor {name!r} of "
+                              f"{self.path} (see the TensorRT messages above)")
+
     def _bind_input(self, t: _Tensor, value: Any) -> None:
-        device = as_device_array(value)
-        if device is not None:
-            shape, dtype, ptr = device.shape, device.dtype, device.ptr
-        else:
-            value = np.asarray(value)
-            shape, dtype = value.shape, value.dtype
-        if dtype != t.dtype:
-            raise IsdnetError(f"input {t.name!r} is {dtype}, the engine takes {t.dtype}")
-        check_in_profile(t.name, t.layout, tuple(shape), t.min_shape, t.max_shape)
-        if not self._context.set_input_shape(t.name, tuple(shape)):
-            raise IsdnetError(f"TensorRT rejected shape {tuple(shape)} for input {t.name!r}")
+        device = self._device_array(value)
+        host = np.asarray(value) if device is None else None
+        shape = tuple(device.shape if device is not None else host.shape)
+        check_in_profile(t.name, t.layout, shape, t.min_shape, t.max_shape)
+        if not self._context.set_input_shape(t.name, shape):
+            raise IsdnetError(f"TensorRT rejected shape {shape} for input {t.name!r}")
+        nbytes = t.bytes_for(shape)
         if device is None:
             if self._pending_h2d:  # an earlier asynchronous copy may still read the buffer
                 self.synchronize()
-            nbytes = value.nbytes
-            np.copyto(t.host[:nbytes].view(t.dtype).reshape(shape), value, casting="no")
-            self._cuda.call("cudaMemcpyAsync", t.device_ptr, t.host_ptr, nbytes,
-                            self._cuda.h2d, self._stream)
+            np.copyto(t.host[:nbytes].view(t.dtype).reshape(shape), host, casting="no")
+            self._copy(t.device_ptr, t.host_ptr, nbytes, self._cuda.h2d)
             self._pending_h2d = True
             ptr = t.device_ptr
-        self._context.set_tensor_address(t.name, ptr)
+        elif device.ptr % TENSOR_ALIGNMENT:
+            self._copy(t.device_ptr, device.ptr, nbytes, self._cuda.d2d)
+            ptr = t.device_ptr
+        else:
+            ptr = device.ptr
+        self._set_address(t.name, ptr)
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind: Any) -> None:
+        self._cuda.call("cudaMemcpyAsync", dst, src, nbytes, kind, self._stream)
 
     def _run(self, feeds: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+        self._cuda.activate()
         for name in self.input_names:
             self._bind_input(self._tensors[name], feeds[name])
         results: dict[str, Any] = {}
         to_host: list[tuple[_Tensor, tuple[int, ...], np.ndarray | None]] = []
+        to_device: list[tuple[_Tensor, int, int]] = []  # staged for misaligned buffers
         for name in self.output_names:
             t = self._tensors[name]
             shape = tuple(self._context.get_tensor_shape(name))
             target = out.get(name)
-            device = as_device_array(target) if target is not None else None
-            if device is not None:
-                if device.shape != shape or device.dtype != t.dtype:
-                    raise IsdnetError(f"output buffer {name!r} is {device.dtype}"
-                                      f"{list(device.shape)}, the engine writes "
-                                      f"{t.dtype}{list(shape)}")
-                self._context.set_tensor_address(name, device.ptr)
-                results[name] = target
-                continue
-            if target is not None and (target.shape != shape or target.dtype != t.dtype):
-                raise IsdnetError(f"output buffer {name!r} is {target.dtype}{list(target.shape)},"
-                                  f" the engine writes {t.dtype}{list(shape)}")
-            self._context.set_tensor_address(name, t.device_ptr)
-            to_host.append((t, shape, target))
+            device = self._device_array(target) if target is not None else None
+            if device is not None and device.ptr % TENSOR_ALIGNMENT == 0:
+                self._set_address(name, device.ptr)
+            else:
+                self._set_address(name, t.device_ptr)
+                if device is not None:
+                    to_device.append((t, device.ptr, t.bytes_for(shape)))
+                else:
+                    to_host.append((t, shape, target))
+            results[name] = target  # host outputs without a buffer are filled below
         if not self._context.execute_async_v3(self._stream_handle):
-            raise IsdnetError(f"TensorRT failed to run {self.path} (see the log above)")
-        if not to_host:
-            return results
+            raise IsdnetError(f"TensorRT failed to run {self.path} (see the TensorRT messages "
+                              "above)")
+        for t, ptr, nbytes in to_device:
+            self._copy(ptr, t.device_ptr, nbytes, self._cuda.d2d)
         for t, shape, _ in to_host:
-            nbytes = int(np.prod(shape, dtype=np.int64)) * t.dtype.itemsize
-            self._cuda.call("cudaMemcpyAsync", t.host_ptr, t.device_ptr, nbytes,
-                            self._cuda.d2h, self._stream)
-        self.synchronize()
+            self._copy(t.host_ptr, t.device_ptr, t.bytes_for(shape), self._cuda.d2h)
+        if to_host or self._owns_stream:
+            self.synchronize()
         for t, shape, target in to_host:
-            nbytes = int(np.prod(shape, dtype=np.int64)) * t.dtype.itemsize
-            staged = t.host[:nbytes].view(t.dtype).reshape(shape)
+            staged = t.host[:t.bytes_for(shape)].view(t.dtype).reshape(shape)
             if target is None:
                 results[t.name] = staged.copy()
             else:
                 np.copyto(target, staged)
-                results[t.name] = target
         return results
 
     def synchronize(self) -> None:
+        """Wait for everything queued on the backend's stream."""
         if not self.closed:
+            self._cuda.activate()
             self._cuda.call("cudaStreamSynchronize", self._stream)
             self._pending_h2d = False
 
     def _close(self) -> None:
+        self._cuda.activate()
         self._cuda.call("cudaStreamSynchronize", self._stream)
+        self._release()
+
+    def _release(self) -> None:
+        """Free buffers, the event and an owned stream; drop context, engine and runtime."""
         for t in self._tensors.values():
             if t.device_ptr:
                 self._cuda.call("cudaFree", t.device_ptr)
@@ -262,9 +325,15 @@ class TensorRTBackend(Backend):
                 t.host = None
                 self._cuda.call("cudaFreeHost", t.host_ptr)
         self._tensors = {}
+        if self._event is not None:
+            self._cuda.call("cudaEventDestroy", self._event)
+            self._event = None
+        if self._owns_stream:
+            self._cuda.call("cudaStreamDestroy", self._stream)
+            self._owns_stream = False
         self._context = None
         self._engine = None
-        self._cuda.call("cudaStreamDestroy", self._stream)
+        self._runtime = None
 
     def __del__(self) -> None:
         if not self.closed:
@@ -274,10 +343,11 @@ class TensorRTBackend(Backend):
                 log.debug("TensorRT backend cleanup failed", exc_info=True)
 
 
-def open_engine(path: str | os.PathLike, device: str = "cuda", **options: Any
-                ) -> TensorRTBackend:
-    """Open an ``isdnet-deploy build`` engine on ``device`` ('cuda' or 'cuda:N')."""
+def open_engine(path: str | os.PathLike, device: str = "cuda", stream: Any = None,
+                **options: Any) -> TensorRTBackend:
+    """Open an ``isdnet-deploy build`` engine on ``device`` ('cuda' or 'cuda:N');
+    ``stream``: the caller's CUDA stream to run on (see the module's stream contract)."""
     if options:
         raise IsdnetError(f"the TensorRT backend takes no option {next(iter(options))!r}; "
                           "the engine's settings were fixed by isdnet-deploy build")
-    return TensorRTBackend(path, device)
+    return TensorRTBackend(path, device, stream=stream)

@@ -4,6 +4,9 @@ A serialized engine only runs on the TensorRT version and GPU model that built i
 carries none of the artifact contract. The sidecar records both, so a runtime can refuse a
 foreign engine with a one-line fix ("rebuild it") instead of a TensorRT crash, and knows the
 I/O contract, precision and optimization profile without opening the engine.
+
+The format and its checks live in ``runtime/`` (the runtime reads sidecars and must not
+import ``engine/``); ``engine.build`` writes them with ``EngineSidecar.to_json``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ from typing import Any
 from .. import __version__
 from ..contract import Contract
 from ..errors import IsdnetError
-from ..fileio import atomic_write_bytes
-from .trt_compat import GpuInfo
+from .tensorrt_support import GpuInfo
 
 SIDECAR_FORMAT = "isdnet-deploy-engine/1"
 
@@ -77,12 +79,6 @@ class EngineSidecar:
         except (KeyError, TypeError) as exc:
             raise IsdnetError(f"{where} is missing or has malformed fields ({exc}); rebuild "
                               "the engine with isdnet-deploy build") from None
-
-
-def write_sidecar(engine_path: str | os.PathLike, sidecar: EngineSidecar) -> Path:
-    path = sidecar_path(engine_path)
-    atomic_write_bytes(path, sidecar.to_json().encode())
-    return path
 
 
 def read_sidecar(engine_path: str | os.PathLike) -> EngineSidecar:
