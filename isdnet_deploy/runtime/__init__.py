@@ -13,6 +13,7 @@ from typing import Any
 from ..contract import Contract
 from .backend import Backend
 from .pipeline import Pipeline
+from .preprocess import prepare_feeds, resize_image, scaled_size
 from .registry import BACKENDS, backend_for, open_backend
 from .segmenter import Segmenter
 
@@ -30,4 +31,4 @@ def load(path: str | Path | None, backend: str = "auto", device: str | None = No
 
 
 __all__ = ["BACKENDS", "Backend", "Contract", "Pipeline", "Segmenter", "backend_for", "load",
-           "open_backend"]
+           "open_backend", "prepare_feeds", "resize_image", "scaled_size"]
