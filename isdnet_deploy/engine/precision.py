@@ -23,6 +23,7 @@ import os
 import statistics
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,8 +117,15 @@ def load_fp32(path: Path) -> tuple[onnx.ModelProto, Contract]:
 
 # --- verification -----------------------------------------------------------------------------
 
-def _open_on_cpu(path: Path) -> runtime.Backend:
-    return runtime.open_backend(path, "onnxruntime", "cpu")
+def _open_converted(path: Path) -> runtime.Backend:
+    """Open a just-converted model; if ONNX Runtime cannot load it, raise ONNX Runtime's
+    own error. The backend's wording ("truncated, corrupt or not ONNX") is meant for a
+    user's file; for a graph written moments ago the reason (a type error, an unsupported
+    op) is what the user needs to see."""
+    try:
+        return runtime.open_backend(path, "onnxruntime", "cpu")
+    except IsdnetError as exc:
+        raise (exc.__context__ or exc) from None
 
 
 def _labels(output: np.ndarray, contract: Contract) -> np.ndarray:
@@ -141,40 +149,35 @@ def verify_against(reference: Path, candidate: Path, contract: Contract, source:
     """Argmax agreement, mIoU, logit difference and CPU time of ``candidate`` vs FP32.
 
     Both models are opened through the runtime (its ONNX Runtime backend on the CPU), as a
-    deployment opens them. An ONNX Runtime error about ``candidate`` propagates as raised.
+    deployment opens them. ONNX Runtime's errors about ``candidate`` propagate as raised.
     """
     from tqdm.auto import tqdm
 
-    with _open_on_cpu(reference) as ref:
-        try:
-            cand = _open_on_cpu(candidate)
-        except IsdnetError as exc:
-            # The backend words a load failure for a user's file ("truncated, corrupt or not
-            # ONNX"); for a graph converted just now ONNX Runtime's own error is the news.
-            raise (exc.__context__ or exc) from None
-        with cand:
-            warm = source.feeds(0)
-            ref_warm = ref.run(warm)[ref.output_names[0]]
-            cand.run(warm)
-            num_classes = contract.num_classes or int(ref_warm.shape[1])
-            confusion = ConfusionAccumulator(num_classes, ignore_index=None)
-            max_diff = 0.0
-            ms_ref: list[float] = []
-            ms_cand: list[float] = []
-            n = min(num_verify, source.count) if source.images else num_verify
-            for i in tqdm(range(n), desc="verifying", unit="input", disable=not progress):
-                feeds = warm if i == 0 else source.feeds(i)
-                ref_out, t_ref = _timed(ref, feeds)
-                cand_out, t_cand = _timed(cand, feeds)
-                ms_ref.append(t_ref)
-                ms_cand.append(t_cand)
-                confusion.update(_labels(cand_out, contract), _labels(ref_out, contract))
-                if contract.output_kind == "logits":
-                    parity = logit_parity(ref_out, cand_out)
-                    if parity["nonfinite"]:
-                        raise IsdnetError(f"the converted model produced {parity['nonfinite']} "
-                                          "NaN/Inf logits (FP16 overflow?); keep more ops in fp32")
-                    max_diff = max(max_diff, parity["max_abs_diff"])
+    with ExitStack() as opened:
+        ref = opened.enter_context(runtime.open_backend(reference, "onnxruntime", "cpu"))
+        cand = opened.enter_context(_open_converted(candidate))
+        warm = source.feeds(0)
+        ref_warm = ref.run(warm)[ref.output_names[0]]
+        cand.run(warm)
+        num_classes = contract.num_classes or int(ref_warm.shape[1])
+        confusion = ConfusionAccumulator(num_classes, ignore_index=None)
+        max_diff = 0.0
+        ms_ref: list[float] = []
+        ms_cand: list[float] = []
+        n = min(num_verify, source.count) if source.images else num_verify
+        for i in tqdm(range(n), desc="verifying", unit="input", disable=not progress):
+            feeds = warm if i == 0 else source.feeds(i)
+            ref_out, t_ref = _timed(ref, feeds)
+            cand_out, t_cand = _timed(cand, feeds)
+            ms_ref.append(t_ref)
+            ms_cand.append(t_cand)
+            confusion.update(_labels(cand_out, contract), _labels(ref_out, contract))
+            if contract.output_kind == "logits":
+                parity = logit_parity(ref_out, cand_out)
+                if parity["nonfinite"]:
+                    raise IsdnetError(f"the converted model produced {parity['nonfinite']} "
+                                      "NaN/Inf logits (FP16 overflow?); keep more ops in fp32")
+                max_diff = max(max_diff, parity["max_abs_diff"])
     matrix = confusion.matrix
     miou = scores(matrix, [str(k) for k in range(num_classes)])["miou"]
     return {
