@@ -147,6 +147,26 @@ def read_onnx_contract(model_proto: Any) -> Contract | None:
     return None
 
 
+def missing_contract(where: str, alternative: str | None = None) -> IsdnetError:
+    """The one error for an artifact without a contract, wherever one is needed.
+
+    ``alternative`` names another fix where the caller offers one (the runtime accepts a
+    contract passed in by hand).
+    """
+    also = f" or {alternative}" if alternative else ""
+    return IsdnetError(f"{where} has no isdnet-deploy contract in its metadata (key "
+                       f"{METADATA_KEY!r}): it was not exported by isdnet-deploy; export the "
+                       f"checkpoint with 'isdnet-deploy export'{also}")
+
+
+def require_contract(model_proto: Any, where: str) -> Contract:
+    """The contract of an ONNX model; ``missing_contract`` when it has none."""
+    contract = read_onnx_contract(model_proto)
+    if contract is None:
+        raise missing_contract(where)
+    return contract
+
+
 def load_onnx_proto(path: str, load_weights: bool = False) -> Any:
     """``onnx.load`` with one-line errors for missing, foreign or damaged files."""
     import os

@@ -13,18 +13,24 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from isdnet_deploy import runtime
 from isdnet_deploy.cli.quantize import quantize_command
-from isdnet_deploy.contract import Contract, TensorSpec, embed_in_onnx, read_onnx_contract
+from isdnet_deploy.contract import (
+    Contract,
+    TensorSpec,
+    embed_in_onnx,
+    read_onnx_contract,
+    require_contract,
+)
+from isdnet_deploy.engine.calibration import synthetic_image
+from isdnet_deploy.engine.graph_index import GraphIndex
+from isdnet_deploy.engine.graph_passes import head_nodes, pyramid_nodes, shape_nodes
 from isdnet_deploy.engine.precision import (
     DEFAULT_KEEP_FP32,
     AgreementWarning,
     CalibrationWarning,
     convert_fp16,
-    head_nodes,
-    pyramid_nodes,
     quantize_int8,
-    shape_nodes,
-    synthetic_image,
 )
 from isdnet_deploy.errors import IsdnetError
 from isdnet_deploy.runtime.preprocess import prepare_feeds
@@ -172,7 +178,7 @@ def test_fp16_shape_arithmetic_stays_exact_above_2048(tmp_path) -> None:
         [numpy_helper.from_array(np.ones(4, np.float32), "one"),
          numpy_helper.from_array(np.array(2, np.float32), "two")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert {"to_float", "scale", "to_int"} <= set(shape_nodes(proto))
+    assert {"to_float", "scale", "to_int"} <= set(shape_nodes(GraphIndex(proto)))
     embed_in_onnx(proto, Contract(
         inputs=[TensorSpec("x", "float32", "NCHW", [1, 1, 1, "w"])],
         outputs=[TensorSpec("y", "float32", "NCHW", [1, 1, 1, "w"])], classes=["a"]))
@@ -181,7 +187,7 @@ def test_fp16_shape_arithmetic_stays_exact_above_2048(tmp_path) -> None:
     from onnxconverter_common import float16
 
     converted = float16.convert_float_to_float16(
-        onnx.load(str(src)), keep_io_types=True, node_block_list=shape_nodes(proto))
+        onnx.load(str(src)), keep_io_types=True, node_block_list=shape_nodes(GraphIndex(proto)))
     out = tmp_path / "shapes.fp16.onnx"
     onnx.save(converted, str(out))
     x = np.ones((1, 1, 1, 2049), np.float32)
@@ -298,7 +304,7 @@ def test_int8_cpu_target_folds_relu_and_keeps_the_pyramid_float(exported, tmp_pa
                and n.op_type in ("Conv", "ConvTranspose")]
     assert pyramid and all(inits[n.input[1]].data_type == TensorProto.FLOAT for n in pyramid)
     assert {n.name for n in pyramid} <= set(report.excluded_nodes)
-    assert {n.name for n in pyramid} <= set(pyramid_nodes(proto))
+    assert {n.name for n in pyramid} <= set(pyramid_nodes(GraphIndex(proto)))
     # Verified on seeds the calibration never saw.
     assert "held out" in report.calibration and f"seed {10_000}" in report.calibration
 
@@ -384,7 +390,7 @@ def test_agreement_gate_writes_nothing(tmp_path) -> None:
 
 def test_head_nodes_are_the_classifier_and_what_follows(exported) -> None:
     proto = onnx.load(str(exported["float"]))
-    names = set(head_nodes(proto))
+    names = set(head_nodes(GraphIndex(proto)))
     by_name = {n.name: n for n in proto.graph.node}
     ops = [by_name[n].op_type for n in names]
     assert ops.count("Conv") == 1 and ops.count("Resize") == 1
@@ -421,6 +427,59 @@ def test_unreadable_onnx_is_refused(tmp_path) -> None:
     bad.write_bytes(b"not a protobuf at all")
     with pytest.raises(IsdnetError):
         convert_fp16(bad, tmp_path / "out.onnx", progress=False)
+
+
+def test_missing_contract_reads_the_same_in_engine_and_runtime(tmp_path) -> None:
+    proto = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])]))
+    path = tmp_path / "foreign.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(IsdnetError) as engine:
+        require_contract(proto, str(path))
+    with pytest.raises(IsdnetError) as backend:
+        runtime.open_backend(path)
+    assert "'isdnet_deploy'" in str(engine.value) and "\n" not in str(backend.value)
+    assert str(backend.value).startswith(str(engine.value) + " or pass contract=")
+
+
+def test_verification_opens_both_models_through_the_runtime(monkeypatch, tmp_path) -> None:
+    src = smooth_standin(tmp_path / "smooth.onnx")
+    opened = []
+    real = runtime.open_backend
+
+    def spy(path, *args, **kwargs):
+        opened.append((Path(path).suffix, *args))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "open_backend", spy)
+    convert_fp16(src, tmp_path / "out.onnx", size=(64, 64), num_verify=1, progress=False)
+    assert opened == [(".onnx", "onnxruntime", "cpu")] * 2
+
+
+def test_converted_model_onnx_runtime_rejects_is_one_line_and_writes_nothing(
+        monkeypatch, tmp_path) -> None:
+    """A converter result ONNX Runtime cannot load is reported with ONNX Runtime's reason,
+    not as a damaged file."""
+    from onnxconverter_common import float16
+
+    def mistyped(model, **kwargs):
+        half = numpy_helper.from_array(np.ones(1, np.float16), "half")
+        model.graph.initializer.append(half)
+        model.graph.node.append(helper.make_node("Add", ["logits", "half"], ["sum"]))
+        model.graph.output.append(helper.make_tensor_value_info("sum", TensorProto.FLOAT16,
+                                                                None))
+        return model
+
+    monkeypatch.setattr(float16, "convert_float_to_float16", mistyped)
+    src = smooth_standin(tmp_path / "smooth.onnx")
+    dst = tmp_path / "out.onnx"
+    with pytest.raises(IsdnetError, match="the fp16 model does not run on ONNX Runtime") as info:
+        convert_fp16(src, dst, size=(64, 64), num_verify=1, progress=False)
+    assert "\n" not in str(info.value) and "corrupt" not in str(info.value)
+    assert "nothing was written" in str(info.value) and "Type" in str(info.value)
+    assert not dst.exists() and not _no_leftovers(tmp_path)
 
 
 # --- CLI -----------------------------------------------------------------------------------------

@@ -290,7 +290,7 @@ def inspect_command(model_path: str, json_path: str | None) -> None:
 
     Example: isdnet-deploy inspect isdnet.onnx
     """
-    from ..contract import load_onnx_proto, read_onnx_contract
+    from ..contract import load_onnx_proto, missing_contract, read_onnx_contract
 
     json_file = check_json_path(json_path)
     proto = load_onnx_proto(model_path)
@@ -319,9 +319,7 @@ def inspect_command(model_path: str, json_path: str | None) -> None:
         click.secho(f"warning: {problem}; the file may have been edited after export",
                     fg="yellow", err=True)
     if contract is None:
-        click.echo(f"error: {model_path} has no isdnet-deploy contract (metadata key "
-                   f"{METADATA_KEY!r}): it was not exported by isdnet-deploy; export the "
-                   f"checkpoint with 'isdnet-deploy export'", err=True)
+        click.echo(f"error: {missing_contract(model_path)}", err=True)
         sys.exit(1)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..contract import Contract, load_onnx_proto, read_onnx_contract
+from ..contract import Contract, load_onnx_proto, require_contract
 from ..errors import IsdnetError
 from ..fileio import atomic_write_bytes
 from ..profiles import get_profile
@@ -293,10 +293,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     index = support.cuda_device_index(device)
     support.set_log_level(log_level)
     model = load_onnx_proto(os.fspath(onnx_path))
-    contract = read_onnx_contract(model)
-    if contract is None:
-        raise IsdnetError(f"{onnx_path} has no isdnet-deploy contract in its metadata; export "
-                          "it with: isdnet-deploy export")
+    contract = require_contract(model, os.fspath(onnx_path))
     shapes = derive_profile_shapes(contract, opt_shape, min_shape, max_shape)
     profiles = input_profiles(contract, shapes)
 

@@ -14,6 +14,7 @@ from ..contract import Contract
 from .backend import Backend
 from .pipeline import Pipeline
 from .predictor import Predictor, TileSettings
+from .preprocess import prepare_feeds, resize_image, scaled_size
 from .registry import BACKENDS, backend_for, open_backend
 from .segmenter import Segmenter
 
@@ -31,4 +32,5 @@ def load(path: str | Path | None, backend: str = "auto", device: str | None = No
 
 
 __all__ = ["BACKENDS", "Backend", "Contract", "Pipeline", "Predictor", "Segmenter",
-           "TileSettings", "backend_for", "load", "open_backend"]
+           "TileSettings", "backend_for", "load", "open_backend", "prepare_feeds",
+           "resize_image", "scaled_size"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import METADATA_KEY, Contract
+from ..contract import METADATA_KEY, Contract, missing_contract
 from ..errors import IsdnetError, missing
 from .backend import Backend, Device
 
@@ -94,10 +94,8 @@ class OnnxRuntimeBackend(Backend):
         meta = self.session.get_modelmeta().custom_metadata_map
         if contract is None:
             if METADATA_KEY not in meta:
-                raise IsdnetError(
-                    f"{self.path} has no isdnet-deploy contract in its metadata (not exported "
-                    f"by isdnet-deploy); export it with 'isdnet-deploy export' or pass "
-                    f"contract=Contract(...) to describe its inputs")
+                raise missing_contract(self.path, "pass contract=Contract(...) to describe its "
+                                                  "inputs")
             contract = Contract.from_json(meta[METADATA_KEY])
         super().__init__(contract, device)
 
