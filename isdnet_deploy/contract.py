@@ -150,13 +150,15 @@ def read_onnx_contract(model_proto: Any) -> Contract | None:
 def missing_contract(where: str, alternative: str | None = None) -> IsdnetError:
     """The one error for an artifact without a contract, wherever one is needed.
 
-    ``alternative`` names another fix where the caller offers one (the runtime accepts a
-    contract passed in by hand).
+    ``alternative`` names another fix where the Python caller has one (the runtime accepts
+    a contract passed in by hand); the command line is told only its own fix.
     """
-    also = f" or {alternative}" if alternative else ""
-    return IsdnetError(f"{where} has no isdnet-deploy contract in its metadata (key "
-                       f"{METADATA_KEY!r}): it was not exported by isdnet-deploy; export the "
-                       f"checkpoint with 'isdnet-deploy export'{also}")
+    message = (f"{where} has no isdnet-deploy contract in its metadata (key "
+               f"{METADATA_KEY!r}): it was not exported by isdnet-deploy; export the "
+               f"checkpoint with 'isdnet-deploy export'")
+    if alternative is None:
+        return IsdnetError(message)
+    return IsdnetError(f"{message} or {alternative}", cli=message)
 
 
 def require_contract(model_proto: Any, where: str) -> Contract:

@@ -90,7 +90,9 @@ class OnnxRuntimeBackend(Backend):
                               f"truncated, corrupt or not ONNX ({text[:160]})") from None
         if device.is_cuda and "CUDAExecutionProvider" not in self.session.get_providers():
             raise IsdnetError("ONNX Runtime could not use the CUDA provider (no CUDA GPU or "
-                              "driver found); use device='cpu'")
+                              "driver found); use device='cpu'",
+                              cli="ONNX Runtime could not use the CUDA provider (no CUDA GPU "
+                                  "or driver found); use --device cpu")
         meta = self.session.get_modelmeta().custom_metadata_map
         if contract is None:
             if METADATA_KEY not in meta:

@@ -29,8 +29,9 @@ def backend_for(path: str | Path | None, backend: str = "auto") -> str:
         return "torch"
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
-        raise IsdnetError(f"cannot tell what {path} is from its extension {suffix or '(none)'};"
-                          f" use .onnx, .engine or .pth, or pass backend=")
+        what = (f"cannot tell what {path} is from its extension {suffix or '(none)'}; use "
+                f".onnx, .engine or .pth")
+        raise IsdnetError(f"{what}, or pass backend=", cli=what)
     return SUFFIXES[suffix]
 
 

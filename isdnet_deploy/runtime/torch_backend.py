@@ -43,7 +43,9 @@ class TorchBackend(Backend):
         device = Device.parse(device)
         if device.is_cuda and not torch.cuda.is_available():
             raise IsdnetError("device 'cuda' asked for, but torch sees no CUDA GPU; use "
-                              "device='cpu'")
+                              "device='cpu'",
+                              cli="--device cuda asked for, but torch sees no CUDA GPU; use "
+                                  "--device cpu")
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
