@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device} asked for, but torch sees no CUDA GPU; use "
+                     "--device cpu")
 
     spec = get_profile(args.profile)
     contract = reference_contract(spec.num_classes, profile=args.profile)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..data.datasets import list_images
+from ..data.datasets import list_images, split_masks
 from ..data.images import (
     overlay,
     read_geotiff,
@@ -18,6 +18,7 @@ from ..data.images import (
     write_label_png,
 )
 from ..errors import IsdnetError
+from ..profiles import Profile
 from ..runtime.predictor import Predictor
 from .batch import BatchReport, Failure, run_batch
 
@@ -55,22 +56,29 @@ def _is_own_output(path: Path) -> bool:
     return path.stem.endswith((LABELS_SUFFIX, OVERLAY_SUFFIX))
 
 
-def collect_inputs(paths: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str]
-                   ) -> tuple[list[Path], list[Failure]]:
-    """Image files from files and folders (not recursive), plus the arguments that gave
-    none. Outputs of an earlier run in the output folder are skipped, and a second input
-    whose output name would overwrite the first's is refused."""
+def collect_inputs(paths: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
+                   profile: Profile | None = None
+                   ) -> tuple[list[Path], list[Failure], list[Path]]:
+    """(images, failures, skipped masks) from files and folders (not recursive).
+
+    In a folder, files named like ground-truth masks (the dataset pairing rules: DeepGlobe's
+    ``*_mask``) are skipped and returned so the caller can say so; a file named on the
+    command line is always taken. Outputs of an earlier run in the output folder are
+    skipped, and a second input whose output name would overwrite the first's is refused.
+    """
     out = Path(out_dir).resolve()
     found: list[Path] = []
     failures: list[Failure] = []
+    skipped: list[Path] = []
     for arg in paths:
         path = Path(arg)
         if path.is_dir():
             try:
-                files = list_images(path)
+                files, masks = split_masks(list_images(path), profile)
             except IsdnetError as exc:
                 failures.append(Failure(str(path), str(exc)))
                 continue
+            skipped += masks
             if path.resolve() == out:
                 files = [f for f in files if not _is_own_output(f)]
             found += files
@@ -92,7 +100,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike[str]], out_dir: str | os.Pa
             continue
         by_stem[path.stem] = path
         unique.append(path)
-    return unique, failures
+    return unique, failures, skipped
 
 
 def infer_files(predictor: Predictor, paths: Sequence[Path], out_dir: str | os.PathLike[str],
@@ -107,6 +115,7 @@ def infer_files(predictor: Predictor, paths: Sequence[Path], out_dir: str | os.P
     geo = has_rasterio()
     report = report or BatchReport()
     plain_geotiffs: list[str] = []
+    conversions: list[str] = []
 
     def work(path: Path) -> dict[str, float]:
         georef = None
@@ -114,7 +123,7 @@ def infer_files(predictor: Predictor, paths: Sequence[Path], out_dir: str | os.P
         if georeferenced and geo:
             image, georef = read_geotiff(path)
         else:
-            image = read_image(path)
+            image = read_image(path, conversions)
             if georeferenced:
                 plain_geotiffs.append(path.name)
         start = time.perf_counter()
@@ -134,6 +143,9 @@ def infer_files(predictor: Predictor, paths: Sequence[Path], out_dir: str | os.P
         return {"inference": seconds}
 
     run_batch(paths, work, progress=progress, desc="infer", report=report)
+    if conversions:
+        report.notes.append(f"{len(conversions)} image(s) were converted to 3-channel RGB: "
+                            + "; ".join(conversions))
     if plain_geotiffs:
         report.notes.append(
             f"{len(plain_geotiffs)} GeoTIFF input(s) got plain PNG label maps without "

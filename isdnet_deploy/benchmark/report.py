@@ -40,11 +40,31 @@ def _machine_lines(machine: dict) -> list[str]:
 
 
 def _rewarm_line(name: str, info: RewarmInfo) -> str:
-    verdict = "came back" if info.came_back else "did NOT come back"
-    tries = ", ".join(f"{f:.2f}" for f in info.fps_per_try)
-    return (f"re-warm before {name}: {info.reference} {verdict} to {info.achieved_fps:.2f} FPS "
-            f"(target {info.target_fps:.2f} ±{info.tolerance:.0%}, "
-            f"{info.tries} tr{'y' if info.tries == 1 else 'ies'}: {tries})")
+    runs = ", ".join(f"{f:.2f}" for f in info.fps_per_try)
+    plural = "run" if info.tries == 1 else "runs"
+    if info.came_back:
+        return (f"re-warm before {name}: {info.reference} came back to {info.achieved_fps:.2f} "
+                f"FPS (its first measurement {info.target_fps:.2f} FPS, needed within "
+                f"±{info.tolerance:.0%}) after {info.tries} re-warm {plural}")
+    return (f"re-warm before {name}: {info.reference} did NOT come back: its first measurement "
+            f"was {info.target_fps:.2f} FPS, {info.tries} re-warm {plural} gave {runs} FPS "
+            f"(needed within ±{info.tolerance:.0%}); the machine was busy or throttling, so "
+            f"{name}'s speed-up is unreliable: run again, or use --interleave")
+
+
+def unsteady(results: Sequence[MethodResult]) -> list[str]:
+    """Names of methods timed after a re-warm in which the reference did not come back."""
+    return [r.name for r in results if r.rewarm is not None and not r.rewarm.came_back]
+
+
+def _peak_note(results: Sequence[MethodResult]) -> str | None:
+    above = [r.name for r in results if (r.percent_of_peak or 0.0) > 100.0]
+    if not above:
+        return None
+    return (f"% of peak above 100 ({', '.join(above)}): the peak is this machine's float32 "
+            "matmul; integer (INT8) and 16-bit kernels do more work per cycle than float32, "
+            "so such methods can exceed it (a float32 method above 100 would mean the peak "
+            "was under-measured on a busy machine)")
 
 
 def format_table(results: Sequence[MethodResult], machine: dict | None = None) -> str:
@@ -62,6 +82,9 @@ def format_table(results: Sequence[MethodResult], machine: dict | None = None) -
                      f"reference: {first.name}")
     lines.append(grid(header, rows, [a for _, a in _COLUMNS]))
     lines += [_rewarm_line(r.name, r.rewarm) for r in results if r.rewarm is not None]
+    note = _peak_note(results)
+    if note:
+        lines.append(note)
     sources = {r.peak_host_source for r in results if r.peak_host_source}
     lines += [f"peak host memory: {s}" for s in sorted(sources)]
     return "\n".join(lines)
@@ -120,24 +143,31 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
 
 
 def plot_fps(results: Sequence[MethodResult], path: str | os.PathLike,
-             title: str = "ISDNet throughput") -> None:
-    """FPS bar per method, its speed-up over the reference written on the bar; PNG, atomic."""
+             title: str = "ISDNet throughput", subtitle: str | None = None) -> None:
+    """FPS bar per method, labelled with its FPS and speed-up over the reference; methods
+    timed after an unsteady reference are marked, with the caveat under the chart. PNG,
+    written atomically."""
     if not results:
         raise IsdnetError("no results to plot; run the benchmark with at least one method")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(4.0, 1.4 * len(results) + 2.0), 4.0), layout="constrained")
+    shaky = set(unsteady(results))
+    fig = Figure(figsize=(max(5.0, 1.6 * len(results) + 2.0), 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    names = [r.name for r in results]
+    names = [r.name + (" (†)" if r.name in shaky else "") for r in results]
     fps = [r.fps for r in results]
     bars = ax.bar(names, fps, color=["#7f7f7f"] + ["#1f77b4"] * (len(results) - 1))
-    ax.bar_label(bars, labels=[f"{r.speedup:.2f}x" for r in results], padding=3)
-    ax.set_ylim(0, max(fps) * 1.15)
+    ax.bar_label(bars, labels=[f"{r.fps:.2f} FPS\n{r.speedup:.2f}x" for r in results],
+                 padding=3)
+    ax.set_ylim(0, max(fps) * 1.3)
     ax.set_ylabel("throughput (FPS)")
-    ax.set_title(title)
+    ax.set_title(title if subtitle is None else f"{title}\n{subtitle}", fontsize=10)
     ax.tick_params(axis="x", labelrotation=15 if len(results) > 3 else 0)
+    if shaky:
+        fig.text(0.01, 0.005, "† the reference did not come back to its FPS before this "
+                 "method: speed-up unreliable (busy machine)", fontsize=8, color="#b22222")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     atomic_write_bytes(path, buffer.getvalue(), make_parents=False)

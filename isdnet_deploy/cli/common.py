@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..errors import IsdnetError, missing
-from ..fileio import atomic_write_bytes, check_output_path
+from ..fileio import check_output_path
 from ..profiles import DEFAULT_PROFILE, PROFILES, Profile, get_profile, parse_size
 
 REFERENCE = "reference"
@@ -166,13 +166,13 @@ def check_json_path(path: str | None) -> str | Path | None:
 
 def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
     """The one JSON spelling: indented, strict (no NaN), atomically written or printed."""
+    from ..benchmark import report
     from ..metrics.segmentation import jsonable
 
     if path is None:
         return
-    text = json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n"
     if path == "-":
-        click.echo(text, nl=False)
+        click.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
         return
-    atomic_write_bytes(path, text.encode())
+    report.write_json(path, jsonable(data))
     click.echo(f"wrote {path}", err=True)

@@ -41,7 +41,7 @@ class _Input:
 def _inputs(images: str | None, labels: str | None, random: int, hw: tuple[int, int],
             prof: Profile) -> tuple[list[_Input], str]:
     """The inputs to compare on, and a description of them."""
-    from ..data.datasets import load_mask, naming_for, pair_files
+    from ..data.datasets import load_mask, pair_files
     from ..data.images import read_image
     from ..data.samples import photo_like
 
@@ -53,10 +53,9 @@ def _inputs(images: str | None, labels: str | None, random: int, hw: tuple[int, 
                         lambda p=p: load_mask(p.label, prof)) for p in pairs],
                 f"{len(pairs)} image/mask pairs from {images}")
     if images is not None:
-        from ..data.datasets import list_images
+        from ..data.datasets import list_images, split_masks
 
-        suffix = naming_for(prof).label_suffix
-        files = [f for f in list_images(images) if not (suffix and f.stem.endswith(suffix))]
+        files, _ = split_masks(list_images(images), prof)
         return ([_Input(f.name, lambda f=f: read_image(f)) for f in files],
                 f"{len(files)} images from {images}")
     if random < 1:

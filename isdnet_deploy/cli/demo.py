@@ -85,12 +85,12 @@ def demo_command(checkpoint: str | None, profile: str, size: tuple[int, int] | N
     click.echo(f"[3/3] benchmark at {hw[0]}x{hw[1]}: {warmup} warm-up + {iters} timed "
                f"forwards per method ({counts})")
     flops = count_model_flops(model, hw)
-    segmenter = runtime.load(onnx_path, scale=False)
-    methods = [torch_method(model, hw, flops=flops),
-               segmenter_method(segmenter, hw, name="onnxruntime fp32", flops=flops)]
     peak_gflops = measure_peak_gflops("cpu") if peak else None
-    results = run_protocol(methods, warmup, iters, peak_gflops=peak_gflops,
-                           progress=show_progress(no_progress))
+    with runtime.load(onnx_path, scale=False) as segmenter:
+        methods = [torch_method(model, hw, flops=flops),
+                   segmenter_method(segmenter, hw, name="onnxruntime fp32", flops=flops)]
+        results = run_protocol(methods, warmup, iters, peak_gflops=peak_gflops,
+                               progress=show_progress(no_progress))
     machine = machine_info()
     if peak_gflops:
         machine["matmul_gflops"] = peak_gflops
@@ -100,19 +100,21 @@ def demo_command(checkpoint: str | None, profile: str, size: tuple[int, int] | N
                 "export": export.as_dict()}
     report.write_json(out / "benchmark.json", report.to_json(results, None, machine, settings))
     report.plot_fps(results, out / "fps.png",
-                    title=f"ISDNet {hw[0]}x{hw[1]}, CPU ({warmup} + {iters} forwards)")
-    segmenter.close()
+                    title=f"ISDNet {hw[0]}x{hw[1]}, CPU, {warmup} + {iters} forwards, {source}",
+                    subtitle=f"{machine.get('cpu_model', 'unknown CPU')}, "
+                             f"{machine.get('logical_cores', '?')} logical cores")
 
     click.echo("")
     click.echo(report.format_table(results, machine))
     torch_result, ort_result = results
     click.echo("")
+    caveat = ""
+    if report.unsteady(results):
+        caveat = (" (unreliable: PyTorch's FPS did not come back to its first measurement "
+                  "before ONNX Runtime was timed, see above; run again or use 'isdnet-deploy "
+                  "benchmark --interleave')")
     click.echo(f"ONNX Runtime: {ort_result.fps:.2f} FPS ({ort_result.median_ms:.0f} ms median) vs "
                f"PyTorch eager {torch_result.fps:.2f} FPS ({torch_result.median_ms:.0f} ms): "
-               f"{ort_result.speedup:.2f}x at {hw[0]}x{hw[1]}")
-    if ort_result.rewarm is not None and not ort_result.rewarm.came_back:
-        click.echo("note: PyTorch's FPS did not come back to its first value before ONNX "
-                   "Runtime was timed (busy machine?); run again or use 'isdnet-deploy "
-                   "benchmark --interleave'")
+               f"{ort_result.speedup:.2f}x at {hw[0]}x{hw[1]}{caveat}")
     click.echo(f"results: {out / 'benchmark.json'}, {out / 'fps.png'}, {onnx_path} "
                f"(total {time.perf_counter() - started:.0f} s)")

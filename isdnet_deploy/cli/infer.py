@@ -16,6 +16,7 @@ import click
 from ..apps.batch import BatchReport
 from ..apps.evaluate import ArtifactResult, evaluate_pairs, result_scores
 from ..apps.infer import collect_inputs, infer_files
+from ..data.datasets import describe_skipped_masks
 from ..errors import IsdnetError
 from ..fileio import check_writable_dir
 from ..profiles import DEFAULT_PROFILE, Profile, get_profile
@@ -119,8 +120,11 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
     """
     tiles = tile_settings(tile, max_size, overlap)
     check_writable_dir(output)
-    paths, failures = collect_inputs(inputs, output)
+    paths, failures, masks = collect_inputs(inputs, output,
+                                            get_profile(profile) if profile else None)
     if not paths:
+        if masks and not failures:
+            raise IsdnetError(f"no images to segment: {describe_skipped_masks(masks)}")
         if not failures:
             raise IsdnetError("no images to segment: the folders hold only the outputs of an "
                               "earlier run")
@@ -133,6 +137,8 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
     with segmenter:
         predictor = Predictor(segmenter, tiles)
         report = BatchReport(total=len(failures), failures=list(failures))
+        if masks:
+            report.notes.append(describe_skipped_masks(masks))
         infer_files(predictor, paths, output, overlay_images=overlay_images,
                     progress=show_progress(no_progress), report=report)
     click.echo(f"{name} ({segmenter.backend.name}): {report.done} of {report.total} inputs "

@@ -58,6 +58,28 @@ def naming_for(profile: Profile) -> Naming:
     return Naming("", "", "<name>.jpg with <name>.png in the labels folder")
 
 
+def mask_suffixes(profile: Profile | None = None) -> tuple[str, ...]:
+    """Name endings that mark ground-truth masks: the profile's, or every known one."""
+    from ..profiles import PROFILES
+
+    profiles = [profile] if profile is not None else list(PROFILES.values())
+    return tuple(sorted({naming_for(p).label_suffix for p in profiles} - {""}))
+
+
+def split_masks(files: list[Path], profile: Profile | None = None
+                ) -> tuple[list[Path], list[Path]]:
+    """(images, masks): files named like a dataset's masks (DeepGlobe ``*_mask.png``) are
+    ground truth, not images to segment or calibrate on."""
+    suffixes = mask_suffixes(profile)
+    masks = [f for f in files if suffixes and f.stem.endswith(suffixes)]
+    return [f for f in files if f not in masks], masks
+
+
+def describe_skipped_masks(masks: list[Path]) -> str:
+    return (f"skipped {len(masks)} mask file(s) named like ground truth "
+            f"({', '.join('*' + s for s in mask_suffixes())}), not images: {_names(masks)}")
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".")

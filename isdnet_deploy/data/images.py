@@ -22,6 +22,7 @@ Every output file is written atomically (temporary file in the same folder, then
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ _TIFF_EXTRASAMPLES = 338
 _TIFF_ALPHA = (1, 2)  # associated / unassociated alpha
 
 Palette = Sequence[Sequence[int]]
+log = logging.getLogger(__name__)
 
 
 def _read_bytes(path: Path, what: str) -> np.ndarray:
@@ -91,28 +93,42 @@ def _tiff_band4_is_alpha(path: Path) -> bool:
     return bool(values) and values[0] in _TIFF_ALPHA
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a JPEG/PNG/TIFF as HxWx3 uint8 RGB following the module's input policy."""
+def read_image(path: str | os.PathLike[str], conversions: list[str] | None = None
+               ) -> np.ndarray:
+    """Read a JPEG/PNG/TIFF as HxWx3 uint8 RGB following the module's input policy.
+
+    Conversions are never silent: each one appends '<file>: what was done' to
+    ``conversions`` when given, else it is logged as a warning.
+    """
     path = Path(path)
     array = decode_unchanged(path)
+
+    def converted(what: str) -> None:
+        line = f"{path.name}: {what}"
+        if conversions is None:
+            log.warning("converted %s", line)
+        else:
+            conversions.append(line)
+
     if array.dtype != np.uint8:
         raise IsdnetError(
             f"image {path} is {_depth_name(array.dtype)} per band; the model takes 8-bit RGB: "
             "convert it first, e.g. gdal_translate -ot Byte -scale in.tif out.tif "
             "(choose the scaling that suits your sensor)")
-    if array.ndim == 2:
-        return np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim == 2 or array.shape[2] == 1:
+        converted("grayscale, replicated to three RGB channels")
+        return np.repeat(array.reshape(*array.shape[:2], 1), 3, axis=2)
     bands = array.shape[2]
-    if bands == 1:
-        return np.repeat(array, 3, axis=2)
     if bands == 3:
         return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
     if bands == 4:
         with open(path, "rb") as fh:
             is_png = fh.read(8) == b"\x89PNG\r\n\x1a\n"
         if is_png:
+            converted("RGBA, alpha dropped")
             return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
         if _tiff_band4_is_alpha(path):
+            converted("RGB+alpha TIFF, alpha dropped")
             # OpenCV's TIFF reader premultiplies colour by alpha; Pillow keeps stored values.
             with Image.open(path) as im:
                 return np.ascontiguousarray(np.asarray(im)[:, :, :3])

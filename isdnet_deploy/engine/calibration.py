@@ -9,6 +9,7 @@ images the ranges came from.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,10 +34,18 @@ ImageChoice = Sequence[str | os.PathLike] | str | os.PathLike | None
 
 
 def list_calibration_images(folder: str | os.PathLike) -> list[Path]:
+    """The images under ``folder`` (recursively); files named like ground-truth masks (the
+    dataset pairing rules: DeepGlobe's ``*_mask``) are left out, with a warning."""
+    from ..data.datasets import describe_skipped_masks, split_masks
+    from .precision import CalibrationWarning
+
     folder = Path(folder)
     if not folder.is_dir():
         raise IsdnetError(f"calibration folder {folder} does not exist or is not a folder")
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images, masks = split_masks(sorted(p for p in folder.rglob("*")
+                                       if p.suffix.lower() in IMAGE_SUFFIXES))
+    if masks:
+        warnings.warn(describe_skipped_masks(masks), CalibrationWarning, stacklevel=3)
     if not images:
         raise IsdnetError(f"calibration folder {folder} holds no images "
                           f"({', '.join(IMAGE_SUFFIXES)}); point --calib at the images to "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -46,9 +47,22 @@ class Segmenter:
             return preprocess.feeds_from_normalised(array, self.contract), array.shape[2:]
         size = array.shape[:2]
         if self.scale and self.contract.test_scale != 1.0:
-            array = preprocess.resize_image(
-                array, preprocess.scaled_size(*size, self.contract.test_scale))
+            scaled = preprocess.scaled_size(*size, self.contract.test_scale)
+            self._check_scaled_size(size, scaled)
+            array = preprocess.resize_image(array, scaled)
         return preprocess.prepare_feeds(np.ascontiguousarray(array), self.contract), size
+
+    def _check_scaled_size(self, size: tuple[int, int], scaled: tuple[int, int]) -> None:
+        """Name the image's own size when the test scale takes it below the minimum."""
+        minimum, scale = self.contract.min_size, self.contract.test_scale
+        if min(scaled) >= minimum:
+            return
+        need = math.ceil((minimum - 0.5) / scale)
+        problem = (f"image is {size[0]}x{size[1]}; the profile's test scale {scale:g} makes it "
+                   f"{scaled[0]}x{scaled[1]}, below the model's minimum of {minimum}x{minimum}; "
+                   f"use images of at least {need}x{need}")
+        raise IsdnetError(f"{problem}, or load with scale=False",
+                          cli=f"{problem}, or pass --no-scale")
 
     def run_feeds(self, feeds: dict[str, np.ndarray],
                   out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
