@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import time
 import warnings
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
@@ -34,8 +33,6 @@ import onnx
 from .. import runtime
 from ..contract import Contract, embed_in_onnx, load_onnx_proto, require_contract
 from ..errors import IsdnetError
-from ..metrics.parity import logit_parity
-from ..metrics.segmentation import ConfusionAccumulator, scores
 
 if TYPE_CHECKING:
     from .calibration import ImageSource
@@ -138,55 +135,47 @@ def _labels(output: np.ndarray, contract: Contract) -> np.ndarray:
                                                 output.shape[1:3])
 
 
-def _timed(backend: runtime.Backend, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    output = backend.run(feeds)[backend.output_names[0]]
-    return output, (time.perf_counter() - start) * 1000.0
-
-
 def verify_against(reference: Path, candidate: Path, contract: Contract, source: ImageSource,
                    num_verify: int, progress: bool = True) -> dict[str, Any]:
-    """Argmax agreement, mIoU, logit difference and CPU time of ``candidate`` vs FP32.
+    """Argmax agreement, mIoU, logit difference and CPU time of ``candidate`` vs FP32, by the
+    project's one comparator.
 
     Both models are opened through the runtime (its ONNX Runtime backend on the CPU), as a
     deployment opens them. ONNX Runtime's errors about ``candidate`` propagate as raised.
     """
     from tqdm.auto import tqdm
 
+    from ..metrics.comparator import Comparator, Outputs
+
+    def side(backend: runtime.Backend) -> Any:
+        def run(feeds: dict[str, np.ndarray]) -> Outputs:
+            output = backend.run(feeds)[backend.output_names[0]]
+            logits = output if contract.output_kind == "logits" else None
+            return Outputs(labels=_labels(output, contract), logits=logits)
+        return run
+
     with ExitStack() as opened:
         ref = opened.enter_context(runtime.open_backend(reference, "onnxruntime", "cpu"))
         cand = opened.enter_context(_open_converted(candidate))
         warm = source.feeds(0)
-        ref_warm = ref.run(warm)[ref.output_names[0]]
+        ref_warm = ref.run(warm)[ref.output_names[0]]  # first runs allocate: not timed
         cand.run(warm)
         num_classes = contract.num_classes or int(ref_warm.shape[1])
-        confusion = ConfusionAccumulator(num_classes, ignore_index=None)
-        max_diff = 0.0
-        ms_ref: list[float] = []
-        ms_cand: list[float] = []
+        comparator = Comparator(("fp32", side(ref)), [("converted", side(cand))], num_classes)
         n = min(num_verify, source.count) if source.images else num_verify
         for i in tqdm(range(n), desc="verifying", unit="input", disable=not progress):
-            feeds = warm if i == 0 else source.feeds(i)
-            ref_out, t_ref = _timed(ref, feeds)
-            cand_out, t_cand = _timed(cand, feeds)
-            ms_ref.append(t_ref)
-            ms_cand.append(t_cand)
-            confusion.update(_labels(cand_out, contract), _labels(ref_out, contract))
-            if contract.output_kind == "logits":
-                parity = logit_parity(ref_out, cand_out)
-                if parity["nonfinite"]:
-                    raise IsdnetError(f"the converted model produced {parity['nonfinite']} "
-                                      "NaN/Inf logits (FP16 overflow?); keep more ops in fp32")
-                max_diff = max(max_diff, parity["max_abs_diff"])
-    matrix = confusion.matrix
-    miou = scores(matrix, [str(k) for k in range(num_classes)])["miou"]
+            comparator.add(warm if i == 0 else source.feeds(i))
+            if comparator.stats[0].nonfinite:
+                raise IsdnetError(f"the converted model produced {comparator.stats[0].nonfinite}"
+                                  " NaN/Inf logits (FP16 overflow?); keep more ops in fp32")
+    stats = comparator.stats[0]
     return {
         "num_verify": n,
-        "agreement": float(np.trace(matrix)) / max(int(matrix.sum()), 1),
-        "miou_vs_fp32": float(miou),
-        "max_abs_diff": max_diff if contract.output_kind == "logits" else None,
-        "ms_fp32": statistics.median(ms_ref),
-        "ms_converted": statistics.median(ms_cand),
+        "agreement": stats.agreement,
+        "miou_vs_fp32": float(stats.miou_vs_reference()),
+        "max_abs_diff": stats.max_abs_diff,
+        "ms_fp32": 1000.0 * statistics.median(comparator.reference_seconds),
+        "ms_converted": 1000.0 * statistics.median(stats.seconds),
     }
 
 
