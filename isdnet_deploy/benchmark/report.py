@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
 from ..errors import IsdnetError
 from ..fileio import atomic_output, atomic_write_bytes
@@ -142,11 +143,11 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
         tmp.write_text(text + "\n")
 
 
-def plot_fps(results: Sequence[MethodResult], path: str | os.PathLike,
-             title: str = "ISDNet throughput", subtitle: str | None = None) -> None:
-    """FPS bar per method, labelled with its FPS and speed-up over the reference; methods
-    timed after an unsteady reference are marked, with the caveat under the chart. PNG,
-    written atomically."""
+def fps_figure(results: Sequence[MethodResult], title: str = "ISDNet throughput",
+               subtitle: str | None = None) -> Any:
+    """A matplotlib Figure: one FPS bar per method, labelled with its FPS and speed-up over
+    the reference; methods timed after an unsteady reference are marked, with the caveat
+    under the chart."""
     if not results:
         raise IsdnetError("no results to plot; run the benchmark with at least one method")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -166,8 +167,14 @@ def plot_fps(results: Sequence[MethodResult], path: str | os.PathLike,
     ax.set_title(title if subtitle is None else f"{title}\n{subtitle}", fontsize=10)
     ax.tick_params(axis="x", labelrotation=15 if len(results) > 3 else 0)
     if shaky:
-        fig.text(0.01, 0.005, "† the reference did not come back to its FPS before this "
-                 "method: speed-up unreliable (busy machine)", fontsize=8, color="#b22222")
+        fig.supxlabel("† the reference did not come back to its FPS before this method: "
+                      "speed-up unreliable (busy machine)", fontsize=8, color="#b22222")
+    return fig
+
+
+def plot_fps(results: Sequence[MethodResult], path: str | os.PathLike,
+             title: str = "ISDNet throughput", subtitle: str | None = None) -> None:
+    """``fps_figure`` as a PNG, written atomically."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
+    fps_figure(results, title, subtitle).savefig(buffer, format="png", dpi=120)
     atomic_write_bytes(path, buffer.getvalue(), make_parents=False)

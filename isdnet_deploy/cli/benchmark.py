@@ -23,6 +23,7 @@ from .common import (
     progress_option,
     reference_backend,
     show_progress,
+    warn_random_weights,
     write_json,
 )
 
@@ -142,6 +143,10 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
         click.echo(f"benchmark at {hw[0]}x{hw[1]} on {device}: {warmup} warm-up + {iters} timed "
                    f"forwards per method" + ("" if (warmup, iters) == (PAPER_WARMUP, PAPER_ITERS)
                                              else " (the paper uses 20 + 100)"), err=True)
+        warn_random_weights(
+            ([] if reference is None else [("the PyTorch reference", reference.contract)])
+            + [(Path(path).name, seg.contract) for path, seg in zip(artifacts, segmenters,
+                                                                   strict=True)])
         results = run_protocol(methods, warmup, iters, peak_gflops=peak_gflops,
                                progress=progress)
         inter = (run_interleaved(methods, rounds, iters, warmup, progress=progress)

@@ -28,16 +28,21 @@ def printable(text: str) -> str:
     return str(text).translate(_CONTROL)
 
 
-def warn_random_weights(what: str) -> None:
-    """One loud line per command run, whichever artifact first turns out random."""
+def warn_random_weights(opened: list[tuple[str, Any]]) -> None:
+    """One loud line, once per command run, naming every opened artifact whose contract has
+    no checkpoint hash, i.e. weights that were never trained (the word ``reference`` and
+    exports made without a checkpoint). Call it when the work starts, after the inputs were
+    checked, so a command that fails on its inputs prints only its error."""
+    random = [name for name, contract in opened if contract.checkpoint_sha256 is None]
     context = click.get_current_context(silent=True)
-    if context is not None:
-        root = context.find_root()
-        if root.meta.get("isdnet_random_warned"):
-            return
+    root = context.find_root() if context is not None else None
+    if not random or (root is not None and root.meta.get("isdnet_random_warned")):
+        return
+    if root is not None:
         root.meta["isdnet_random_warned"] = True
-    click.secho(f"WARNING: {what} has RANDOM weights: its predictions are meaningless "
-                "(timings and parity are real); use a trained checkpoint for real labels.",
+    what = ", ".join(random) + (" has" if len(random) == 1 else " have")
+    click.secho(f"WARNING: {what} RANDOM weights: predictions are meaningless (timings and "
+                "parity are real); use a trained checkpoint for real labels.",
                 fg="yellow", bold=True, err=True)
 
 
@@ -48,8 +53,8 @@ def output_file(path: str | None, suffix: str) -> Path | None:
 
 def reference_backend(checkpoint: str | None, profile: Profile, device: str,
                       threads: int | None) -> Any:
-    """The PyTorch reference as a runtime backend: the checkpoint, or random weights
-    (warned) with the profile's class count."""
+    """The PyTorch reference as a runtime backend: the checkpoint, or random weights with
+    the profile's class count (``warn_random_weights`` tells the user when work starts)."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -62,7 +67,6 @@ def reference_backend(checkpoint: str | None, profile: Profile, device: str,
         # --profile names the classes only when the checkpoint has that many
         name = profile.name if model.num_classes == profile.num_classes else None
         return TorchBackend(None, device, model=model, profile=name, threads=threads)
-    warn_random_weights(f"the PyTorch reference ({profile.name}, {profile.num_classes} classes)")
     quiet = logging.getLogger("isdnet_deploy")
     previous = quiet.level
     quiet.setLevel(logging.ERROR)  # build_model's own warning says the same

@@ -27,6 +27,7 @@ from .common import (
     output_file,
     progress_option,
     show_progress,
+    warn_random_weights,
     write_json,
 )
 
@@ -150,6 +151,7 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
                     for name in [ref_name, *(name for name, _ in sides)]} if labels else {}
         worst: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
+        warn_random_weights([(_label(path, seg), seg.contract) for path, seg in opened.items()])
         click.echo(f"comparing {len(sides)} candidate(s) with {ref_name} on {described}",
                    err=True)
         for item in tqdm(inputs, desc="compare", unit="input",

@@ -57,7 +57,7 @@ def demo_command(checkpoint: str | None, profile: str, size: tuple[int, int] | N
     )
     from ..benchmark.protocol import run_protocol
     from ..export.onnx_export import export_onnx
-    from .common import reference_backend
+    from .common import reference_backend, warn_random_weights
 
     started = time.perf_counter()
     prof = get_profile(profile)
@@ -67,6 +67,7 @@ def demo_command(checkpoint: str | None, profile: str, size: tuple[int, int] | N
     out = check_writable_dir(output)
 
     reference = reference_backend(checkpoint, prof, "cpu", None)
+    warn_random_weights([("the PyTorch reference", reference.contract)])
     model = reference.model
     source = Path(checkpoint).name if checkpoint else "random weights"
     click.echo(f"[1/3] reference ISDNet ({model.num_classes} classes, {prof.name}) from "

@@ -32,6 +32,7 @@ from .common import (
     open_artifact,
     progress_option,
     show_progress,
+    warn_random_weights,
     write_json,
 )
 
@@ -139,6 +140,7 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
         report = BatchReport(total=len(failures), failures=list(failures))
         if masks:
             report.notes.append(describe_skipped_masks(masks))
+        warn_random_weights([(name, segmenter.contract)])
         infer_files(predictor, paths, output, overlay_images=overlay_images,
                     progress=show_progress(no_progress), report=report)
     click.echo(f"{name} ({segmenter.backend.name}): {report.done} of {report.total} inputs "
@@ -270,6 +272,7 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
                 name += "'"
             names.add(name)
             predictors.append((name, Predictor(segmenter, tiles)))
+        warn_random_weights([(name, p.contract) for name, p in predictors])
         results, report = evaluate_pairs(predictors, pairs, prof,
                                          progress=show_progress(no_progress))
     finally:
