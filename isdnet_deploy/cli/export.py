@@ -23,6 +23,7 @@ from ..contract import (
     INPUT_KINDS,
     METADATA_KEY,
     OUTPUT_KINDS,
+    OUTPUT_RESIZES,
     PYRAMID_MODES,
     Contract,
 )
@@ -59,6 +60,11 @@ def _fast_pyramid_available() -> bool:
               help="float: normalised 1x3xHxW; uint8: RGB bytes 1xHxWx3, normalised in-graph.")
 @click.option("--output", "output_kind", type=click.Choice(OUTPUT_KINDS), default="logits",
               show_default=True, help="logits 1xCxHxW, or the argmax class map HxW.")
+@click.option("--output-resize", type=click.Choice(OUTPUT_RESIZES), default=None,
+              help="Labels output: 'graph' resizes the logits bilinearly to an 'output_size' "
+                   "input (the image's size before the test scale) before the argmax, as the "
+                   "official pipeline; 'none' returns labels at the network's input size for "
+                   "the runtime to resize (nearest neighbour).  [default: graph for labels]")
 @click.option("--labels-dtype", type=click.Choice(["uint8", "int32"]), default="uint8",
               show_default=True, help="dtype of the labels output.")
 @click.option("--dynamic", is_flag=True,
@@ -86,7 +92,8 @@ def _fast_pyramid_available() -> bool:
               help="Trace the cheaper, equal pyramid, or the official form.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: str,
-                   output_kind: str, labels_dtype: str, dynamic: bool, size_text: str | None,
+                   output_kind: str, output_resize: str | None, labels_dtype: str,
+                   dynamic: bool, size_text: str | None,
                    opset: int | None, exporter: str, simplify: bool, profile_name: str | None,
                    no_verify: bool, verify_size_text: str | None, atol: float | None,
                    rtol: float | None, fast_pyramid: bool, as_json: bool) -> None:
@@ -98,14 +105,19 @@ def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: s
 
     Example: isdnet-deploy export isdnet_deepglobe.pth -o isdnet.onnx --input uint8
     """
-    from ..export.onnx_export import check_export_options, check_output_path
+    from ..export.onnx_export import (
+        check_export_options,
+        check_output_path,
+        default_output_resize,
+    )
 
     # Every cheap check comes before the model is loaded or built (that takes seconds).
     size = parse_size(size_text) if size_text is not None else None
     verify_size = parse_size(verify_size_text) if verify_size_text is not None else None
+    output_resize = output_resize or default_output_resize(output_kind)
     check_export_options(pyramid, input_kind, output_kind, labels_dtype, dynamic or size is None,
                          size, exporter, opset or DEFAULT_OPSET,
-                         None if no_verify else verify_size)
+                         None if no_verify else verify_size, output_resize)
     profile = get_profile(profile_name) if profile_name else None
     out_path = check_output_path(out)
 
@@ -133,7 +145,8 @@ def export_command(checkpoint: str | None, out: str, pyramid: str, input_kind: s
     message = "exporting" if no_verify else "exporting and verifying in ONNX Runtime"
     with _step(message):
         report = export_onnx(model, out_path, pyramid=pyramid, input=input_kind,
-                             output=output_kind, labels_dtype=labels_dtype,
+                             output=output_kind, output_resize=output_resize,
+                             labels_dtype=labels_dtype,
                              dynamic=size is None, size=size, exporter=exporter,
                              simplify=simplify, verify=not no_verify, verify_size=verify_size,
                              profile=profile.name if profile else None,
@@ -158,6 +171,8 @@ def _export_lines(report: Any, source: str, load_seconds: float, fast_used: bool
     else:
         pyramid = "pyramid external (input 'residual')"
     output = c.output_kind if c.output_kind == "logits" else f"labels {c.outputs[0].dtype}"
+    if c.output_resize == "graph":
+        output += " (logits resized in the graph to input 'output_size')"
     lines = [
         f"wrote {report.path} ({report.file_bytes / 1e6:.1f} MB) from {source} "
         f"(loaded in {load_seconds:.1f} s)",
