@@ -15,7 +15,8 @@ from ..errors import IsdnetError
 from ..pyramid.opencv_ops import bilinear_taps, shallow_input_nchw
 
 # Output rows per block of logits_to_labels: one class's scratch rows of a block stay in
-# the CPU caches (16-64 measured equally fast at 2448x2448; 256 was 1.7x slower).
+# the CPU caches (blocks of 16 to 128 rows measured alike at 2448x2448, 256 rows 1.7x
+# slower).
 _BLOCK_ROWS = 32
 
 
@@ -115,9 +116,9 @@ def logits_to_labels(logits: np.ndarray, size: tuple[int, int] | None = None,
     are all NaN gets class 0.
 
     Rows are resized in blocks, one class at a time, with the argmax fused in, so the
-    full-resolution CxHxW scores never exist. At 2448x2448 from 1958x1958 with 7 classes
-    (this project's 2-core machine, shared): 0.35-0.40 s, where cv2.resize plus
-    ``argmax`` took 0.48 s.
+    full-resolution CxHxW scores never exist. 2448x2448 from 1958x1958 with 7 classes, on
+    this project's shared 2-core machine (``benchmarks/c_vs_python.py``, medians of 5
+    interleaved runs): 500 ms, where cv2.resize plus ``argmax`` took 584 ms.
     """
     scores = np.asarray(logits, np.float32)[0]
     classes, h, w = scores.shape
