@@ -145,6 +145,41 @@ def test_readme_program_builds_with_pkg_config_and_runs_without_ld_library_path(
     assert re.search(r"^\s*2 agriculture\s+\d+ px\s+[\d.]+ %$", result.stdout, flags=re.M)
 
 
+def test_builds_against_a_given_onnx_runtime(c_build, embedding_onnx_model, images, tmp_path):
+    """-DONNXRUNTIME_INCLUDE_DIR/-DONNXRUNTIME_LIBRARY with a release archive's layout
+    (lib/libonnxruntime.so -> .so.1 -> .so.1.X.Y): nothing downloaded, ONNX Runtime found
+    through the library's run path instead of being copied beside it."""
+    import onnxruntime
+
+    wheel = next((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so.1.*"))
+    release = tmp_path / "onnxruntime"
+    (release / "include").mkdir(parents=True)
+    (release / "lib").mkdir()
+    shutil.copy(c_build.programs / "onnxruntime" / "include" / "onnxruntime_c_api.h",
+                release / "include")
+    (release / "lib" / wheel.name).symlink_to(wheel)
+    (release / "lib" / "libonnxruntime.so.1").symlink_to(wheel.name)
+    (release / "lib" / "libonnxruntime.so").symlink_to("libonnxruntime.so.1")
+    build, prefix = tmp_path / "build", tmp_path / "prefix"
+    configure = run(["cmake", "-S", str(ROOT / "c"), "-B", str(build),
+                     f"-DONNXRUNTIME_INCLUDE_DIR={release / 'include'}",
+                     f"-DONNXRUNTIME_LIBRARY={release / 'lib' / 'libonnxruntime.so'}"],
+                    tmp_path)
+    assert "Downloading" not in configure.stdout
+    run(["cmake", "--build", str(build), "-j2"], tmp_path)
+    run(["cmake", "--install", str(build), "--prefix", str(prefix)], tmp_path)
+    assert not list((prefix / "lib").glob("libonnxruntime*"))
+    runpath = run(["readelf", "-d", str(prefix / "lib" / "libisdnet.so")], tmp_path).stdout
+    assert f"[$ORIGIN:{release / 'lib'}]" in runpath
+    image, ppm = images[1]
+    run([str(prefix / "bin" / "isdnet-segment"), str(embedding_onnx_model), str(ppm),
+         str(tmp_path / "labels.pgm")], tmp_path)
+    from isdnet_deploy import runtime
+
+    expected = runtime.load(embedding_onnx_model).predict(image)
+    np.testing.assert_array_equal(read_pgm(tmp_path / "labels.pgm"), expected)
+
+
 # --- byte equality with the Python runtime ---------------------------------------------------
 
 

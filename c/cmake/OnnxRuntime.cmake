@@ -2,9 +2,10 @@
 #
 # The library: ONNXRUNTIME_LIBRARY if given (e.g. lib/libonnxruntime.so from ONNX Runtime's
 # release archive), else the one inside the onnxruntime Python package of the Python that
-# runs the project (its wheel ships onnxruntime/capi/libonnxruntime.so.1.X.Y). The wheel's
-# copy has no libonnxruntime.so.1 link, which the loader needs, so it is bundled: installed
-# beside libisdnet with that link (ISDNET_BUNDLED_ONNXRUNTIME).
+# runs the project (its wheel ships onnxruntime/capi/libonnxruntime.so.1.X.Y). A library
+# whose folder has the name the loader asks for (its soname, libonnxruntime.so.1) is found
+# there through libisdnet's run path; one without it, like the wheel's, is bundled:
+# installed beside libisdnet with that link (ISDNET_BUNDLED_ONNXRUNTIME).
 #
 # The C API header: ONNXRUNTIME_INCLUDE_DIR if given, else onnxruntime_c_api.h taken from
 # Debian's libonnxruntime-dev package, pinned by version and SHA-256 and downloaded into the
@@ -90,7 +91,6 @@ if(NOT ONNXRUNTIME_LIBRARY)
                         "-DONNXRUNTIME_LIBRARY=FILE")
   endif()
   set(ONNXRUNTIME_LIBRARY "${_candidates}")
-  set(ISDNET_BUNDLED_ONNXRUNTIME ON)
 endif()
 if(NOT EXISTS "${ONNXRUNTIME_LIBRARY}")
   message(FATAL_ERROR "ONNXRUNTIME_LIBRARY ${ONNXRUNTIME_LIBRARY} does not exist")
@@ -109,6 +109,10 @@ if(ISDNET_READELF)
 endif()
 if(NOT ONNXRUNTIME_SONAME)
   string(REGEX MATCH "^libonnxruntime\\.so\\.[0-9]+" ONNXRUNTIME_SONAME "${_real_name}")
+endif()
+# A library whose folder lacks the name the loader asks for (the wheel's) is bundled.
+if(NOT EXISTS "${ONNXRUNTIME_LIBRARY_DIR}/${ONNXRUNTIME_SONAME}")
+  set(ISDNET_BUNDLED_ONNXRUNTIME ON)
 endif()
 if(ISDNET_BUNDLED_ONNXRUNTIME)
   set(_how ", installed beside libisdnet")
