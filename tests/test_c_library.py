@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -220,7 +221,7 @@ def test_resize_equals_opencv_on_random_sizes_and_scales(c_build, tmp_path):
         rgb = np.ascontiguousarray(image[:, :, ::-1]) if swap else image
         expected += cv2.resize(rgb, (dw, dh), interpolation=cv2.INTER_LINEAR).tobytes()
     (tmp_path / "cases").write_bytes(bytes(cases))
-    run([str(c_build.programs / "check_imgproc"), "resize", str(tmp_path / "cases"),
+    run([str(c_build.programs / "check_internals"), "resize", str(tmp_path / "cases"),
          str(tmp_path / "out")], c_build.work)
     got = np.frombuffer((tmp_path / "out").read_bytes(), np.uint8)
     assert got.size == len(expected)
@@ -246,22 +247,95 @@ def test_logits_to_labels_equals_python_runtime(c_build, tmp_path):
         cases += np.array([classes, h, w, H, W], "<i4").tobytes() + logits.tobytes()
         expected.append(logits_to_labels(logits, (H, W)))
     (tmp_path / "cases").write_bytes(bytes(cases))
-    run([str(c_build.programs / "check_imgproc"), "labels", str(tmp_path / "cases"),
+    run([str(c_build.programs / "check_internals"), "labels", str(tmp_path / "cases"),
          str(tmp_path / "out")], c_build.work)
     got = np.frombuffer((tmp_path / "out").read_bytes(), np.uint8)
     np.testing.assert_array_equal(got, np.concatenate([e.ravel() for e in expected]))
 
 
 def test_generated_colours_equal_infer_overlay_palette(c_build):
-    from types import SimpleNamespace
-
     from isdnet_deploy.contract import Contract
     from isdnet_deploy.runtime.batch import palette_of
 
     contract = Contract(inputs=[], outputs=[], classes=[str(k) for k in range(60)])
     expected = palette_of(SimpleNamespace(contract=contract))
-    out = run([str(c_build.programs / "check_imgproc"), "colors", "60"], c_build.work).stdout
+    out = run([str(c_build.programs / "check_internals"), "colors", "60"], c_build.work).stdout
     assert [list(map(int, line.split())) for line in out.splitlines()] == expected
+
+
+def _read_contract(c_build: CBuild, path: Path, text: str | bytes) -> str:
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    result = run([str(c_build.programs / "check_internals"), "contract", str(path)],
+                 c_build.work, check=False)
+    assert result.returncode in (0, 3), result.stderr
+    return result.stdout.strip()
+
+
+def test_contract_reader_agrees_with_python(c_build, embedding_onnx_model, tmp_path):
+    from isdnet_deploy import runtime
+    from isdnet_deploy.contract import Contract
+    from isdnet_deploy.runtime.batch import palette_of
+
+    contract = runtime.load(embedding_onnx_model).contract
+    data = json.loads(contract.to_json())
+    data["classes"] = ["unknown", "urbain \u00e9t\u00e9", "smile \U0001f600", 'q"uote\\',
+                       *data["classes"][4:]]
+    data["palette"] = data["palette"][:5]  # the rest generated, as palette_of does
+    data["fixed_size"] = [300, 200]
+    data["dynamic"] = False
+    read = json.loads(_read_contract(c_build, tmp_path / "c.json", json.dumps(data)))
+    expected = Contract.from_dict(data)
+    assert read["classes"] == expected.classes
+    assert read["palette"] == palette_of(SimpleNamespace(contract=expected))
+    # Printed with 9 significant digits, which round-trip a float32.
+    np.testing.assert_array_equal(np.float32(read["mean"]), np.float32(expected.mean))
+    np.testing.assert_array_equal(np.float32(read["std"]), np.float32(expected.std))
+    assert read["test_scale"] == expected.test_scale == 0.8
+    assert (read["uint8_input"], read["labels_output"], read["labels_int32"],
+            read["resize_in_graph"]) == (1, 1, 0, 1)
+    assert read["fixed_size"] == [300, 200] and read["min_size"] == expected.min_size
+    # A repeated name: the last one counts, as in Python's json.
+    text = json.dumps(data)[:-1] + ', "test_scale": 0.5}'
+    assert json.loads(_read_contract(c_build, tmp_path / "d.json", text))["test_scale"] == 0.5
+
+
+def test_contract_reader_refuses_malformed_text(c_build, onnx_model, tmp_path):
+    """Each malformed or absurd contract gives an error, never a crash or a huge allocation."""
+    from isdnet_deploy import runtime
+
+    good = json.loads(runtime.load(onnx_model).contract.to_json())
+    text = json.dumps(good)
+    cases = {
+        "empty": "", "not an object": "[1, 2]", "truncated": text[:len(text) // 2],
+        "text after the value": text + " x", "unterminated string": '{"format": "isd',
+        "bad escape": text.replace('"unknown"', '"unk\\xown"'),
+        "lone surrogate": text.replace('"unknown"', '"\\ud800"'),
+        "control character": text.replace('"unknown"', '"un\tknown"'),
+        "NUL in a name": text.replace('"unknown"', '"\\u0000"'),
+        "invalid UTF-8": text.encode().replace(b'"unknown"', b'"\xff\xfe"'),
+        "deep nesting": '{"x": ' + "[" * 100 + "]" * 100 + "}",
+        "huge number": text.replace('"min_size": 32', '"min_size": 1e999'),
+        "leading zero": text.replace('"min_size": 32', '"min_size": 032'),
+        "NaN": text.replace('"min_size": 32', '"min_size": NaN'),
+        "no format": json.dumps({k: v for k, v in good.items() if k != "format"}),
+        "no classes": json.dumps(dict(good, classes=[])),
+        "300 classes": json.dumps(dict(good, classes=["c"] * 300, palette=[])),
+        "short palette entry": json.dumps(dict(good, palette=[[1, 2]])),
+        "palette value 256": json.dumps(dict(good, palette=[[1, 2, 256]])),
+        "std 0": json.dumps(dict(good, std=[1.0, 0.0, 1.0])),
+        "two means": json.dumps(dict(good, mean=[1.0, 2.0])),
+        "test scale 0": json.dumps(dict(good, test_scale=0)),
+        "min size 0": json.dumps(dict(good, min_size=0)),
+        "min size 3.5": json.dumps(dict(good, min_size=3.5)),
+        "static without a size": json.dumps(dict(good, dynamic=False, fixed_size=None)),
+        "unknown output kind": json.dumps(dict(good, output_kind="boxes")),
+        "image of the wrong dtype": text.replace('"dtype": "float32"', '"dtype": "float16"', 1),
+        "oversized": json.dumps(dict(good, padding="x" * 300_000)),
+    }
+    for name, case in cases.items():
+        out = _read_contract(c_build, tmp_path / "case.json", case)
+        assert re.fullmatch(r"error [45]: [^\n]+", out), (name, out)
+    assert _read_contract(c_build, tmp_path / "case.json", text).startswith("{")
 
 
 # --- threads, bad input, memory --------------------------------------------------------------
@@ -372,14 +446,15 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def valgrind(c_build: CBuild, arguments: list[str], suppressions: bool) -> str:
+def valgrind(c_build: CBuild, arguments: list[str], suppressions: bool, status: int = 0
+             ) -> str:
     if shutil.which("valgrind") is None:
         pytest.fail("valgrind not found; install it (apt-get install valgrind, as .ci/run does)")
     options = ["--leak-check=full", "--error-exitcode=1", "--errors-for-leak-kinds=definite"]
     if suppressions:
         options.append(f"--suppressions={ROOT / 'c' / 'tests' / 'onnxruntime.supp'}")
     result = run(["valgrind", *options, *arguments], c_build.work, check=False, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == status, result.stderr[-3000:]
     assert "ERROR SUMMARY: 0 errors" in result.stderr
     assert "definitely lost: 0 bytes" in result.stderr or "no leaks are possible" in \
         result.stderr
@@ -395,7 +470,17 @@ def test_valgrind_open_predict_three_times_close(c_build, tiny_artifacts, kind):
     assert "in use at exit" in log
 
 
-def test_valgrind_pre_and_post_processing_without_suppressions(c_build, tmp_path):
+def test_valgrind_internals_without_suppressions(c_build, onnx_model, tmp_path):
+    """The resize, the logits -> labels step and the contract reader (a good contract and
+    a malformed one), with no suppression at all."""
+    from isdnet_deploy import runtime
+
+    text = runtime.load(onnx_model).contract.to_json()
+    (tmp_path / "good.json").write_text(text)
+    (tmp_path / "bad.json").write_text(text.replace('"unknown"', '"\\ud800"'))
+    program = str(c_build.programs / "check_internals")
+    valgrind(c_build, [program, "contract", str(tmp_path / "good.json")], False)
+    valgrind(c_build, [program, "contract", str(tmp_path / "bad.json")], False, 3)
     rng = np.random.default_rng(15)
     image = rng.integers(0, 256, (37, 3 * 29 + 5), dtype=np.uint8)
     (tmp_path / "resize").write_bytes(np.array([37, 29, 3 * 29 + 5, 1, 30, 23], "<i4")
@@ -404,7 +489,7 @@ def test_valgrind_pre_and_post_processing_without_suppressions(c_build, tmp_path
     (tmp_path / "labels").write_bytes(np.array([3, 20, 17, 25, 21], "<i4").tobytes()
                                       + logits.tobytes())
     for mode in ("resize", "labels"):
-        valgrind(c_build, [str(c_build.programs / "check_imgproc"), mode,
+        valgrind(c_build, [str(c_build.programs / "check_internals"), mode,
                            str(tmp_path / mode), str(tmp_path / f"{mode}.out")], False)
 
 

@@ -1,13 +1,16 @@
-/* The library's pre/post-processing on cases written by tests/test_c_library.py, which
- * compares the results with cv2 and the Python runtime.
+/* The library's internals (no ONNX Runtime) on cases written by tests/test_c_library.py,
+ * which compares the results with cv2, the Python runtime and Python's json.
  *
- *   check_imgproc resize CASES OUT   cases: int32 sh sw stride swap dh dw, then sh * stride
- *                                    bytes; out: dh * dw * 3 bytes per case
- *   check_imgproc labels CASES OUT   cases: int32 classes h w H W, then classes*h*w float32;
- *                                    out: H * W labels per case
- *   check_imgproc colors N           prints "r g b" of the generated colours 0..N-1
+ *   check_internals resize CASES OUT   cases: int32 sh sw stride swap dh dw, then
+ *                                      sh * stride bytes; out: dh * dw * 3 bytes per case
+ *   check_internals labels CASES OUT   cases: int32 classes h w H W, then classes*h*w
+ *                                      float32; out: H * W labels per case
+ *   check_internals colors N           prints "r g b" of the generated colours 0..N-1
+ *   check_internals contract FILE      parses FILE as a contract; prints what the library
+ *                                      keeps of it as JSON, or "error CODE: message"
  */
 #include "internal.h"
+#include "isdnet.h"
 #include "testutil.h"
 
 static int32_t take_int(const uint8_t **p)
@@ -71,8 +74,59 @@ static int run_labels(const uint8_t *p, const uint8_t *end, FILE *out)
     return 0;
 }
 
+/* A string as a JSON string literal (the names are UTF-8; only ASCII is escaped). */
+static void print_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static int run_contract(const char *path)
+{
+    size_t size;
+    uint8_t *text = read_file(path, &size);
+    if (!text)
+        return 1;
+    isd_contract c;
+    int rc = isd__contract_parse((const char *)text, size, &c);
+    free(text);
+    if (rc) {
+        printf("error %d: %s\n", rc, isd_last_error());
+        return 3;
+    }
+    printf("{\"uint8_input\": %d, \"labels_output\": %d, \"labels_int32\": %d, "
+           "\"resize_in_graph\": %d, \"fixed_size\": [%d, %d], \"min_size\": %d, "
+           "\"mean\": [%.9g, %.9g, %.9g], \"std\": [%.9g, %.9g, %.9g], "
+           "\"test_scale\": %.17g, \"classes\": [",
+           c.uint8_input, c.labels_output, c.labels_int32, c.resize_in_graph, c.fixed_height,
+           c.fixed_width, c.min_size, c.mean[0], c.mean[1], c.mean[2], c.std[0], c.std[1],
+           c.std[2], c.test_scale);
+    for (int k = 0; k < c.num_classes; k++) {
+        printf(k ? ", " : "");
+        print_string(c.classes[k]);
+    }
+    printf("], \"palette\": [");
+    for (int k = 0; k < c.num_classes; k++)
+        printf("%s[%d, %d, %d]", k ? ", " : "", c.palette[k][0], c.palette[k][1],
+               c.palette[k][2]);
+    printf("]}\n");
+    isd__contract_free(&c);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "contract") == 0)
+        return run_contract(argv[2]);
     if (argc == 3 && strcmp(argv[1], "colors") == 0) {
         for (int i = 0; i < atoi(argv[2]); i++) {
             uint8_t rgb[3];
@@ -82,7 +136,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc != 4) {
-        fprintf(stderr, "usage: check_imgproc resize|labels CASES OUT | colors N\n");
+        fprintf(stderr, "usage: check_internals resize|labels CASES OUT | colors N | "
+                        "contract FILE\n");
         return 2;
     }
     size_t size;
