@@ -35,8 +35,8 @@ def linear_taps(in_size: int | torch.Tensor, out_size: int | torch.Tensor
     [0.5, 1], ``s = M / 2**24`` with an integer ``M <= 2**24``, so the exact position is the
     integer ``N = (2i + 1) * M - 2**24`` times ``2**-25``. ``N`` can exceed 2**31, so it is
     assembled in int32 pieces: ``N = hi * 2**24 + lo`` with ``0 <= lo < 2**24`` and
-    ``|hi| < 2**16``. Both are exact float32 values, and one float32 addition rounds their
-    sum exactly once, as PyTorch does. Every integer stays below 2**28 for output sizes up
+    ``|hi| < 2**17``. Both are exact float32 values, and one float32 addition rounds their
+    sum exactly once, as PyTorch does. Every integer stays below 2**29 for output sizes up
     to 2**15, so the graph is portable to runtimes that compute in int32.
     """
     in_size, out_size = _int32(in_size), _int32(out_size)
@@ -80,8 +80,8 @@ def resize_logits(logits: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
 
 
 class DeployGraph(nn.Module):
-    """``forward(image, residual, output_size)``; inputs the variant does not take are None
-    (``example_inputs`` orders them)."""
+    """``forward(image, residual, output_size)``; the inputs a variant does not declare are
+    None (onnx_export passes them in this order)."""
 
     def __init__(self, model: nn.Module, *, pyramid: str = "graph", input_kind: str = "float",
                  output_kind: str = "logits", labels_dtype: str = "uint8",
