@@ -19,6 +19,11 @@ FORMAT = "isdnet-deploy/1"
 PYRAMID_MODES = ("graph", "external")
 INPUT_KINDS = ("float", "uint8")
 OUTPUT_KINDS = ("logits", "labels")
+# Where labels are brought back to the image's size: "none", outputs come at the size the
+# network saw and the runtime resizes them; "graph", the graph resizes its logits bilinearly
+# to the [height, width] fed as OUTPUT_SIZE_INPUT before the argmax (labels outputs only).
+OUTPUT_RESIZES = ("none", "graph")
+OUTPUT_SIZE_INPUT = "output_size"
 PRECISIONS = ("fp32", "fp16", "int8")
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = 17
@@ -50,6 +55,7 @@ class Contract:
     classes: list[str] = field(default_factory=list)
     palette: list[list[int]] = field(default_factory=list)
     test_scale: float = 1.0
+    output_resize: str = "none"
     checkpoint_sha256: str | None = None
     precision: str = "fp32"
     opset: int | None = None
@@ -116,6 +122,7 @@ class Contract:
             ("outputs", "; ".join(tensor(s) for s in self.outputs)),
             ("input kind", self.input_kind),
             ("output kind", self.output_kind),
+            ("output resize", self.output_resize),
             ("pyramid", self.pyramid),
             ("size", f"{size} (minimum {self.min_size}x{self.min_size})"),
             ("normalisation", f"{self.color} mean {self.mean} std {self.std}"),

@@ -44,6 +44,17 @@ def onnx_model(model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def embedding_onnx_model(model, tmp_path_factory) -> Path:
+    """The embedding export (uint8 RGB in, labels out, logits resized in the graph to the
+    'output_size' input), dynamic; shared by the label-resize and C library tests."""
+    from isdnet_deploy.export.onnx_export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "isdnet_u8_labels.onnx"
+    export_onnx(model, path, input="uint8", output="labels", verify_size=(96, 128))
+    return path
+
+
+@pytest.fixture(scope="session")
 def cli():
     """Invoke ``isdnet-deploy ARGS...`` in-process; returns click's Result."""
     from click.testing import CliRunner

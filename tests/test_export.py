@@ -94,11 +94,13 @@ def test_outputs_follow_contract(exports, variant):
 
     contract = exports[variant].contract
     h, w = 130, 98
-    feeds, _ = sample_inputs(contract, (h, w))
+    out_h, out_w = 162, 121  # labels resized in the graph come at output_size
+    feeds, _ = sample_inputs(contract, (h, w), output_size=(out_h, out_w))
     assert sorted(feeds) == sorted(s.name for s in contract.inputs)
     (result,) = _session(exports[variant].path).run(None, feeds)
     (spec,) = contract.outputs
-    expected = [{"height": h, "width": w}.get(d, d) for d in spec.shape]
+    dims = {"height": h, "width": w, "out_height": out_h, "out_width": out_w}
+    expected = [dims.get(d, d) for d in spec.shape]
     assert list(result.shape) == expected
     assert result.dtype == np.dtype(spec.dtype)
 
@@ -134,6 +136,8 @@ def test_uint8_input_equals_float_input(model, exports, pyramid, output_kind):
     normalised = np.ascontiguousarray(((rgb[0].astype(np.float32) - mean) / std)
                                       .transpose(2, 0, 1)[None])
     float_feeds = {"image": normalised}
+    if "output_size" in byte_feeds:
+        float_feeds["output_size"] = byte_feeds["output_size"]
     if pyramid == "external":
         float_feeds["residual"] = shallow_input_nchw(normalised[0].transpose(1, 2, 0))
         np.testing.assert_array_equal(float_feeds["residual"], byte_feeds["residual"])

@@ -157,7 +157,20 @@ def _real_images(block: Block, folder: Path) -> None:
         f"synth{i:03d}_sat_labels.png" for i in range(4)]  # images only, masks skipped
 
 
+def _run_by_c_library_tests(block: Block, folder: Path) -> None:
+    """The "Embedding in C" blocks build and run C code: tests/test_c_library.py executes
+    exactly these blocks (its session build runs the cmake line, and
+    test_readme_program_builds_with_pkg_config_and_runs_without_ld_library_path the program
+    and its commands), so they are not built a second time here."""
+    from test_c_library import readme_blocks as c_section_blocks
+
+    assert (block.language, block.text) in c_section_blocks()
+
+
 RUNNERS: dict[str, Callable[[Block, Path], None]] = {
+    "cmake -S c -B build/c": _run_by_c_library_tests,
+    "/* classes.c:": _run_by_c_library_tests,
+    'export PKG_CONFIG_PATH="$PWD/isdnet-c/lib/pkgconfig"': _run_by_c_library_tests,
     "pip install -c constraints.txt -e . && isdnet-deploy demo": _start_demo,
     "pip install -c constraints.txt -e '.[test]' && ruff check . && python -m pytest -q":
         _start_tests,

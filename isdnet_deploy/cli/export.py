@@ -23,6 +23,7 @@ from ..contract import (
     INPUT_KINDS,
     METADATA_KEY,
     OUTPUT_KINDS,
+    OUTPUT_RESIZES,
     PYRAMID_MODES,
     Contract,
 )
@@ -92,6 +93,11 @@ def _fast_pyramid_available() -> bool:
               help="float: normalised 1x3xHxW; uint8: RGB bytes 1xHxWx3, normalised in-graph.")
 @click.option("--output-kind", "output_kind", type=click.Choice(OUTPUT_KINDS), default=None,
               help="logits 1xCxHxW, or the argmax class map HxW.  [default: logits]")
+@click.option("--output-resize", type=click.Choice(OUTPUT_RESIZES), default=None,
+              help="Labels output: 'graph' resizes the logits bilinearly to an 'output_size' "
+                   "input (the image's size before the test scale) before the argmax, as the "
+                   "official pipeline; 'none' returns labels at the network's input size for "
+                   "the runtime to resize (nearest neighbour).  [default: graph for labels]")
 @click.option("--labels-dtype", type=click.Choice(["uint8", "int32"]), default="uint8",
               show_default=True, help="dtype of the labels output.")
 @click.option("--dynamic", is_flag=True,
@@ -120,7 +126,8 @@ def _fast_pyramid_available() -> bool:
 @json_option("the export report")
 @progress_option
 def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out: str | None,
-                   pyramid: str, input_kind: str, output_kind: str | None, labels_dtype: str,
+                   pyramid: str, input_kind: str, output_kind: str | None,
+                   output_resize: str | None, labels_dtype: str,
                    dynamic: bool, size: tuple[int, int] | None, opset: int | None,
                    exporter: str, simplify: bool, profile_name: str | None, no_verify: bool,
                    verify_size: tuple[int, int] | None, atol: float | None,
@@ -134,16 +141,17 @@ def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out:
 
     Example: isdnet-deploy export isdnet_deepglobe.pth -o isdnet.onnx --input uint8
     """
-    from ..export.onnx_export import check_export_options
+    from ..export.onnx_export import check_export_options, default_output_resize
     from ..fileio import check_output_path
 
     # Every cheap check comes before the model is loaded or built (that takes seconds).
     out, output_kind = _resolve_output(outputs, legacy_out, output_kind)
+    output_resize = output_resize or default_output_resize(output_kind)
     shown = show_progress(no_progress)
     try:
         check_export_options(pyramid, input_kind, output_kind, labels_dtype,
                              dynamic or size is None, size, exporter, opset or DEFAULT_OPSET,
-                             None if no_verify else verify_size)
+                             None if no_verify else verify_size, output_resize)
     except IsdnetError as exc:  # a combination of options that cannot work
         raise click.UsageError(str(exc)) from None
     profile = get_profile(profile_name) if profile_name else None
@@ -174,7 +182,8 @@ def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out:
     message = "exporting" if no_verify else "exporting and verifying in ONNX Runtime"
     with _step(message, shown):
         report = export_onnx(model, out_path, pyramid=pyramid, input=input_kind,
-                             output=output_kind, labels_dtype=labels_dtype,
+                             output=output_kind, output_resize=output_resize,
+                             labels_dtype=labels_dtype,
                              dynamic=size is None, size=size, exporter=exporter,
                              simplify=simplify, verify=not no_verify, verify_size=verify_size,
                              profile=profile.name if profile else None,
@@ -200,6 +209,8 @@ def _export_lines(report: Any, source: str, load_seconds: float, fast_used: bool
     else:
         pyramid = "pyramid external (input 'residual')"
     output = c.output_kind if c.output_kind == "logits" else f"labels {c.outputs[0].dtype}"
+    if c.output_resize == "graph":
+        output += " (logits resized in the graph to input 'output_size')"
     lines = [
         f"wrote {report.path} ({report.file_bytes / MIB:.1f} MiB) from {source} "
         f"(loaded in {load_seconds:.1f} s)",

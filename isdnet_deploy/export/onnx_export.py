@@ -26,6 +26,8 @@ from ..contract import (
     EXPORTERS,
     INPUT_KINDS,
     OUTPUT_KINDS,
+    OUTPUT_RESIZES,
+    OUTPUT_SIZE_INPUT,
     PYRAMID_MODES,
     Contract,
     TensorSpec,
@@ -44,6 +46,8 @@ MIN_OPSET = 11
 # PyTorch round differently.
 DEFAULT_VERIFY_SIZE = (1002, 762)
 DEFAULT_RTOL = 1e-5
+# DeployGraph.forward's parameters, in order; a variant's absent inputs are passed as None.
+_FORWARD_INPUTS = ("image", "residual", OUTPUT_SIZE_INPUT)
 
 
 @dataclass
@@ -78,14 +82,25 @@ class ExportReport:
         return data
 
 
+def default_output_resize(output_kind: str) -> str:
+    """Labels are resized in the graph unless asked otherwise; logits never are."""
+    return "graph" if output_kind == "labels" else "none"
+
+
 def build_contract(model: torch.nn.Module, *, pyramid: str, input_kind: str, output_kind: str,
                    labels_dtype: str, dynamic: bool, size: tuple[int, int] | None,
-                   opset: int, exporter: str, profile: str | None) -> Contract:
+                   opset: int, exporter: str, profile: str | None,
+                   output_resize: str = "none") -> Contract:
     num_classes = int(model.num_classes)
     prof = get_profile(profile) if profile else profile_for_classes(num_classes)
     if prof is not None and prof.num_classes != num_classes:
         raise IsdnetError(f"profile {prof.name} has {prof.num_classes} classes but the model "
                           f"has {num_classes}; pick a matching --profile")
+    test_scale = prof.test_scale if prof else 1.0
+    if output_resize == "graph" and not 0.5 <= test_scale <= 1.0:
+        raise IsdnetError(f"profile {prof.name}'s test scale {test_scale} is outside [0.5, 1], "
+                          "where the graph's label resize works; export with "
+                          "--output-resize none")
     h, w = ("height", "width") if dynamic else size
     if input_kind == "uint8":
         inputs = [TensorSpec("image", "uint8", "NHWC", [1, h, w, 3], "RGB bytes 0..255")]
@@ -96,7 +111,14 @@ def build_contract(model: torch.nn.Module, *, pyramid: str, input_kind: str, out
         inputs.append(TensorSpec("residual", "float32", "NCHW", [1, 6, h, w],
                                  "Laplacian residuals of the normalised image (level 0, "
                                  "level 1 bilinearly resized)"))
-    if output_kind == "labels":
+    if output_resize == "graph":
+        inputs.append(TensorSpec(OUTPUT_SIZE_INPUT, "int32", "S", [2],
+                                 "[height, width] of the labels: the image's size before the "
+                                 "test scale, each from the input's size to twice it"))
+        outputs = [TensorSpec("labels", labels_dtype, "HW", ["out_height", "out_width"],
+                              "class id per pixel, after the logits are resized bilinearly "
+                              "to output_size")]
+    elif output_kind == "labels":
         outputs = [TensorSpec("labels", labels_dtype, "HW", [h, w], "class id per pixel")]
     else:
         outputs = [TensorSpec("logits", "float32", "NCHW", [1, num_classes, h, w],
@@ -107,7 +129,7 @@ def build_contract(model: torch.nn.Module, *, pyramid: str, input_kind: str, out
         inputs=inputs, outputs=outputs, input_kind=input_kind, output_kind=output_kind,
         pyramid=pyramid, dynamic=dynamic, fixed_size=None if dynamic else list(size),
         min_size=MIN_SIZE, profile=prof.name if prof else None, classes=classes,
-        palette=palette, test_scale=prof.test_scale if prof else 1.0,
+        palette=palette, test_scale=test_scale, output_resize=output_resize,
         checkpoint_sha256=getattr(model, "checkpoint_sha256", None), opset=opset,
         exporter=exporter, tool_version=__version__,
     )
@@ -115,15 +137,20 @@ def build_contract(model: torch.nn.Module, *, pyramid: str, input_kind: str, out
 
 def check_export_options(pyramid: str, input_kind: str, output_kind: str, labels_dtype: str,
                          dynamic: bool, size: tuple[int, int] | None, exporter: str,
-                         opset: int, verify_size: tuple[int, int] | None = None) -> None:
+                         opset: int, verify_size: tuple[int, int] | None = None,
+                         output_resize: str | None = None) -> None:
     """Every option problem, found before a model is built (which takes seconds)."""
     for value, allowed, what in ((pyramid, PYRAMID_MODES, "pyramid"),
                                  (input_kind, INPUT_KINDS, "input"),
                                  (output_kind, OUTPUT_KINDS, "output"),
                                  (labels_dtype, ("uint8", "int32"), "labels dtype"),
-                                 (exporter, EXPORTERS, "exporter")):
+                                 (exporter, EXPORTERS, "exporter"),
+                                 (output_resize or "none", OUTPUT_RESIZES, "output resize")):
         if value not in allowed:
             raise IsdnetError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+    if output_resize == "graph" and output_kind != "labels":
+        raise IsdnetError("--output-resize graph resizes logits before the argmax of a labels "
+                          "output; add --output labels (logits are resized by the runtime)")
     if dynamic and size is not None:
         raise IsdnetError("--size fixes the input size and --dynamic makes it symbolic: "
                           "give one of them")
@@ -148,12 +175,14 @@ def check_export_options(pyramid: str, input_kind: str, output_kind: str, labels
         raise IsdnetError(f"opset {opset} is older than the {MIN_OPSET} this exporter needs")
 
 
-def sample_inputs(contract: Contract, size: tuple[int, int], seed: int = 0
+def sample_inputs(contract: Contract, size: tuple[int, int], seed: int = 0,
+                  output_size: tuple[int, int] | None = None
                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Seeded feeds for the artifact plus the normalised float image the reference takes.
 
     The image is smooth noise (photo-like), not white noise, so the comparison happens on
-    the kind of input the model is built for.
+    the kind of input the model is built for. Artifacts that resize labels in the graph get
+    ``output_size`` (default: ``size``, no resize).
     """
     from ..data.samples import photo_like
     from ..pyramid.opencv_ops import shallow_input_nchw
@@ -166,7 +195,15 @@ def sample_inputs(contract: Contract, size: tuple[int, int], seed: int = 0
     feeds = {"image": rgb[None] if contract.input_kind == "uint8" else normalised}
     if contract.pyramid == "external":
         feeds["residual"] = shallow_input_nchw(normalised[0].transpose(1, 2, 0))
+    if contract.output_resize == "graph":
+        feeds[OUTPUT_SIZE_INPUT] = np.asarray(output_size or size, np.int32)
     return feeds, normalised
+
+
+def enlarged(size: tuple[int, int]) -> tuple[int, int]:
+    """The size a 0.8 test scale came from (x 1.25): where in-graph label resizes are
+    verified."""
+    return size[0] + size[0] // 4, size[1] + size[1] // 4
 
 
 def verify_onnx(path: str | Path, model: torch.nn.Module, contract: Contract,
@@ -181,24 +218,32 @@ def verify_onnx(path: str | Path, model: torch.nn.Module, contract: Contract,
     a bare absolute bound would fail on correct exports of models with large logits. The
     argmax must agree on every *decided* pixel, one whose reference top-2 margin exceeds
     twice the tolerance; pixels tied within float noise may go either way (raw agreement
-    is reported too). A labels-output model is judged on agreement alone.
+    is reported too). A labels-output model is judged on agreement alone; one that resizes
+    in the graph is asked for labels at 1.25 x ``size`` and judged against the reference
+    logits resized as the runtime resizes them.
     """
     from ..metrics.comparator import Comparator, Outputs, relative_tolerance
+    from ..pyramid.opencv_ops import resize_bilinear
     from ..runtime import open_backend
 
-    feeds, normalised = sample_inputs(contract, size, seed)
+    output_size = enlarged(size) if contract.output_resize == "graph" else None
+    feeds, normalised = sample_inputs(contract, size, seed, output_size)
     tolerance_of = relative_tolerance(atol, rtol)
 
     def reference(_: object) -> Outputs:
         with torch.no_grad():
             logits = model(torch.from_numpy(normalised)).numpy()
+        if output_size is not None:
+            resized = resize_bilinear(np.ascontiguousarray(logits[0].transpose(1, 2, 0)),
+                                      *output_size)
+            logits = np.ascontiguousarray(resized.transpose(2, 0, 1)[None])
         return Outputs(labels=logits.argmax(axis=1)[0], logits=logits)
 
     with open_backend(path, backend, "cpu", contract=contract) as opened:
         def candidate(_: object) -> Outputs:
             (result,) = opened.run(feeds).values()
             if contract.output_kind == "labels":
-                return Outputs(labels=result.reshape(size))
+                return Outputs(labels=result.reshape(result.shape[-2:]))
             return Outputs(labels=result.argmax(axis=1)[0], logits=result)
 
         comparator = Comparator(("pytorch", reference), [(backend, candidate)],
@@ -234,14 +279,13 @@ def _trace_to_onnx(graph: DeployGraph, path: str, contract: Contract, example: t
         else:
             dynamic_shapes = None
             if contract.dynamic:
-                dim_h = torch.export.Dim("height", min=MIN_SIZE, max=16384)
-                dim_w = torch.export.Dim("width", min=MIN_SIZE, max=16384)
-                dynamic_shapes = {}
-                for spec, name in zip(contract.inputs, ("image", "residual"), strict=False):
-                    hi, wi = [i for i, d in enumerate(spec.shape) if isinstance(d, str)]
-                    dynamic_shapes[name] = {hi: dim_h, wi: dim_w}
-                if "residual" not in dynamic_shapes:
-                    dynamic_shapes["residual"] = None
+                dims = {"height": torch.export.Dim("height", min=MIN_SIZE, max=16384),
+                        "width": torch.export.Dim("width", min=MIN_SIZE, max=16384)}
+                specs = {spec.name: spec for spec in contract.inputs}
+                dynamic_shapes = tuple(
+                    {i: dims[d] for i, d in enumerate(specs[name].shape) if isinstance(d, str)}
+                    or None if name in specs else None
+                    for name in _FORWARD_INPUTS[:len(example)])
             program = torch.onnx.export(graph, example, input_names=input_names,
                                         output_names=output_names, opset_version=opset,
                                         dynamic_shapes=dynamic_shapes, dynamo=True,
@@ -284,25 +328,38 @@ def _finalise_proto(path: str, contract: Contract, simplify: bool) -> None:
 def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "graph",
                 input: str = "float", output: str = "logits", labels_dtype: str = "uint8",
                 dynamic: bool = True, size: tuple[int, int] | None = None,
+                output_resize: str | None = None,
                 opset: int = DEFAULT_OPSET, exporter: str = "torchscript",
                 simplify: bool = False, verify: bool = True,
                 verify_size: tuple[int, int] | None = None, atol: float = 1e-4,
                 rtol: float = DEFAULT_RTOL, profile: str | None = None,
                 fast_pyramid: bool = True,
                 progress: Callable[[str], None] = lambda step: None) -> ExportReport:
-    """Export ``model`` to a self-describing ONNX file at ``path``; see the module doc."""
+    """Export ``model`` to a self-describing ONNX file at ``path``; see the module doc.
+
+    ``output_resize`` (labels outputs; default "graph"): "graph" resizes the logits to an
+    ``output_size`` input inside the graph before the argmax, as the official pipeline
+    does; "none" leaves labels at the network's input size for the runtime to resize
+    (nearest neighbour).
+    """
+    output_resize = output_resize or default_output_resize(output)
     check_export_options(pyramid, input, output, labels_dtype, dynamic, size, exporter, opset,
-                         verify_size)
+                         verify_size, output_resize)
     path = check_output_path(path, ".onnx")
     contract = build_contract(model, pyramid=pyramid, input_kind=input, output_kind=output,
                               labels_dtype=labels_dtype, dynamic=dynamic, size=size,
-                              opset=opset, exporter=exporter, profile=profile)
+                              opset=opset, exporter=exporter, profile=profile,
+                              output_resize=output_resize)
     graph = DeployGraph(_for_export(model, fast_pyramid), pyramid=pyramid, input_kind=input,
                         output_kind=output, labels_dtype=labels_dtype,
+                        output_resize=output_resize,
                         mean=tuple(contract.mean), std=tuple(contract.std)).eval()
     trace_size = size or (96, 128)
     feeds, _ = sample_inputs(contract, trace_size)
-    example = tuple(torch.from_numpy(feeds[s.name]) for s in contract.inputs)
+    example = tuple(torch.from_numpy(feeds[name]) if name in feeds else None
+                    for name in _FORWARD_INPUTS)
+    while example[-1] is None:
+        example = example[:-1]
 
     start = time.perf_counter()
     with atomic_output(path, make_parents=False) as tmp_path:

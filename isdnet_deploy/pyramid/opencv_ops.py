@@ -20,9 +20,14 @@ def legacy_nearest_index(in_size: int, out_size: int) -> np.ndarray:
     return np.minimum(index, in_size - 1)
 
 
-def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # PyTorch's vectorised CPU kernels form (i + 0.5) * scale - 0.5 with a single rounding
-    # to float32 (a fused multiply-add); float64 arithmetic rounded once reproduces that.
+def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First and second source index and the second's weight, per output pixel, of
+    PyTorch's bilinear resize (align_corners=False) along one axis.
+
+    PyTorch's vectorised CPU kernels form (i + 0.5) * scale - 0.5 with a single rounding to
+    float32 (a fused multiply-add); float64 arithmetic is exact here, so rounding it once
+    reproduces that. The C library and labels-output graphs compute the same values.
+    """
     scale = np.float64(np.float32(in_size) / np.float32(out_size))
     src = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     src = np.maximum(src, np.float32(0.0))
@@ -37,8 +42,8 @@ def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     cv2.resize rounds its interpolation weights differently (errors ~1e-5 on unit-scale
     data), too far from the model's op for a 1e-5 parity bound.
     """
-    r0, r1, wr = _bilinear_taps(x.shape[0], out_h)
-    c0, c1, wc = _bilinear_taps(x.shape[1], out_w)
+    r0, r1, wr = bilinear_taps(x.shape[0], out_h)
+    c0, c1, wc = bilinear_taps(x.shape[1], out_w)
     wc = wc[:, None] if x.ndim == 3 else wc
     wr = wr[:, None, None] if x.ndim == 3 else wr[:, None]
     cols = x[:, c0] * (np.float32(1.0) - wc) + x[:, c1] * wc

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import Contract
+from ..contract import OUTPUT_SIZE_INPUT, Contract
 from ..errors import IsdnetError
 from . import preprocess
 from .backend import Backend
@@ -50,7 +50,8 @@ class Segmenter:
             scaled = preprocess.scaled_size(*size, self.contract.test_scale)
             self._check_scaled_size(size, scaled)
             array = preprocess.resize_image(array, scaled)
-        return preprocess.prepare_feeds(np.ascontiguousarray(array), self.contract), size
+        return preprocess.prepare_feeds(np.ascontiguousarray(array), self.contract,
+                                        output_size=size), size
 
     def _check_scaled_size(self, size: tuple[int, int], scaled: tuple[int, int]) -> None:
         """Name the image's own size when the test scale takes it below the minimum."""
@@ -96,10 +97,12 @@ class Segmenter:
         """Device-resident input goes to the engine as is (zero-copy): it must already be
         in the artifact's input form, at the artifact's size."""
         info = self.backend.inputs[0]
-        outputs = self.backend.run({info.name: image})
         h_axis, w_axis = info.spatial_axes() or (2, 3)
         size = (int(image.shape[h_axis]), int(image.shape[w_axis]))
-        return self.finish(outputs, size, out)
+        feeds = {info.name: image}
+        if self.contract.output_resize == "graph":
+            feeds[OUTPUT_SIZE_INPUT] = np.asarray(size, np.int32)
+        return self.finish(self.backend.run(feeds), size, out)
 
     def close(self) -> None:
         self.backend.close()
