@@ -254,8 +254,9 @@ def test_logits_to_labels_equals_python_runtime(c_build, tmp_path):
 
 
 def test_generated_colours_equal_infer_overlay_palette(c_build):
-    from isdnet_deploy.contract import Contract
     from isdnet_deploy.runtime.batch import palette_of
+
+    from isdnet_deploy.contract import Contract
 
     contract = Contract(inputs=[], outputs=[], classes=[str(k) for k in range(60)])
     expected = palette_of(SimpleNamespace(contract=contract))
@@ -272,9 +273,10 @@ def _read_contract(c_build: CBuild, path: Path, text: str | bytes) -> str:
 
 
 def test_contract_reader_agrees_with_python(c_build, embedding_onnx_model, tmp_path):
+    from isdnet_deploy.runtime.batch import palette_of
+
     from isdnet_deploy import runtime
     from isdnet_deploy.contract import Contract
-    from isdnet_deploy.runtime.batch import palette_of
 
     contract = runtime.load(embedding_onnx_model).contract
     data = json.loads(contract.to_json())
