@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from trt_standins import GPU, TRT10, TRT11, FakeCuda, Severity, cudaError_t, fake_tensorrt
 
 from isdnet_deploy.cli.build import build_command
-from isdnet_deploy.contract import Contract, TensorSpec, embed_in_onnx
+from isdnet_deploy.contract import Contract, TensorSpec, embed_in_onnx, read_onnx_contract
 from isdnet_deploy.engine import trt_compat
 from isdnet_deploy.engine.build import (
     BuildReport,
@@ -396,6 +396,19 @@ def test_onnx_without_contract_is_refused(tmp_path) -> None:
     foreign = tiny_onnx(tmp_path / "foreign.onnx", contract=False)
     with pytest.raises(IsdnetError, match="no isdnet-deploy contract"):
         build_engine(foreign, tmp_path / "m.engine")
+
+
+def test_labels_resized_in_the_graph_are_refused_with_the_export_option(tmp_path) -> None:
+    from dataclasses import replace
+
+    path = tiny_onnx(tmp_path / "labels.onnx")
+    proto = onnx.load(path)
+    contract = replace(read_onnx_contract(proto), output_kind="labels", output_resize="graph")
+    embed_in_onnx(proto, contract)
+    onnx.save(proto, path)
+    with pytest.raises(IsdnetError, match="export it with --output-resize none"):
+        build_engine(path, tmp_path / "labels.engine")
+    assert not (tmp_path / "labels.engine").exists()
 
 
 def test_bad_options_are_refused(fp32_onnx, tmp_path) -> None:

@@ -294,6 +294,11 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     support.set_log_level(log_level)
     model = load_onnx_proto(os.fspath(onnx_path))
     contract = require_contract(model, os.fspath(onnx_path))
+    if contract.output_resize == "graph":
+        raise IsdnetError(
+            f"{onnx_path} resizes its labels in the graph to an 'output_size' input, a shape "
+            "input that engines built here do not support yet; export it with --output-resize "
+            "none (or --output-kind logits) to build a TensorRT engine")
     shapes = derive_profile_shapes(contract, opt_shape, min_shape, max_shape)
     profiles = input_profiles(contract, shapes)
 
