@@ -119,5 +119,5 @@ def test_embedding_export_labels_equal_default_export_labels(onnx_model, embeddi
 def test_graph_resize_needs_a_labels_output(cli, tmp_path):
     result = cli("export", "-o", tmp_path / "m.onnx", "--output-resize", "graph")
     assert result.exit_code != 0
-    assert "--output labels" in result.output
+    assert "--output-kind labels" in result.output
     assert not (tmp_path / "m.onnx").exists()

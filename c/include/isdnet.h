@@ -7,7 +7,7 @@
  * resize of the logits back to the image's size before the argmax. The labels equal
  * `isdnet_deploy.runtime.load(path).predict(image, color=...)` byte for byte, for the
  * default export (float input, logits output) and the embedding export
- * (`--input uint8 --output labels`).
+ * (`--input uint8 --output-kind labels`).
  *
  * Supported artifacts: pyramid in the graph (the default; `--pyramid external` artifacts are
  * refused at open), float32 NCHW or uint8 NHWC input, float32 logits or uint8/int32 labels,

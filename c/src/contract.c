@@ -169,7 +169,7 @@ static int read_sizes(const reader *r, isd_contract *c)
                          "this labels-output artifact returns labels at the size the network "
                          "saw (test scale %g) and leaves their resize to the runtime; export it "
                          "again with this isdnet-deploy, which resizes the logits in the graph "
-                         "(--output-resize graph, the default for --output labels)",
+                         "(--output-resize graph, the default for --output-kind labels)",
                          c->test_scale);
     return 0;
 }

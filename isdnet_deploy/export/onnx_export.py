@@ -150,7 +150,7 @@ def check_export_options(pyramid: str, input_kind: str, output_kind: str, labels
             raise IsdnetError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
     if output_resize == "graph" and output_kind != "labels":
         raise IsdnetError("--output-resize graph resizes logits before the argmax of a labels "
-                          "output; add --output labels (logits are resized by the runtime)")
+                          "output; add --output-kind labels (logits are resized by the runtime)")
     if dynamic and size is not None:
         raise IsdnetError("--size fixes the input size and --dynamic makes it symbolic: "
                           "give one of them")

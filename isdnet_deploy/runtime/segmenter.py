@@ -73,7 +73,7 @@ class Segmenter:
         """1 x classes x h x w scores at the size the artifact saw (after test scale)."""
         if self.contract.output_kind != "logits":
             raise IsdnetError("this artifact outputs labels only; export with "
-                              "--output logits to get scores")
+                              "--output-kind logits to get scores")
         feeds, _ = self.feeds(image, color)
         return self.backend.run(feeds)["logits"]
 
