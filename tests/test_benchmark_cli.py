@@ -124,7 +124,7 @@ def _cuda_provider() -> bool:
     (["benchmark", "{tmp}/model.txt"], "cannot tell what"),
     (["compare", "reference", "{tmp}/model.txt"], "cannot tell what"),
     (["benchmark", "--no-reference"], "nothing to benchmark"),
-    (["benchmark", "{graph}", "--json", "{tmp}/missing/out.json"], "does not exist"),
+    (["benchmark", "{graph}", "--json", "{tmp}/model.txt/out.json"], "is a file, not a folder"),
 ])
 def test_bad_input_is_one_line(cli, exported, tmp_path, args, message):
     if "cuda" in args and _cuda_provider():

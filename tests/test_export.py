@@ -313,12 +313,13 @@ def test_bad_options_raise_one_line(model, tmp_path, options, message):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("missing/m.onnx", "does not exist"),
+    ("blocker/m.onnx", "blocker is a file, not a folder"),
     ("m.pth", "should end with .onnx"),
 ])
 def test_bad_output_path(model, tmp_path, name, message):
     from isdnet_deploy.export.onnx_export import export_onnx
 
+    (tmp_path / "blocker").write_text("a file where a folder would go")
     with pytest.raises(IsdnetError, match=message):
         export_onnx(model, tmp_path / name)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["blocker"]
