@@ -154,9 +154,9 @@ def test_empty_or_missing_inputs(cli, onnx_model, images, tmp_path):
 
 def test_tile_options_are_checked(cli, onnx_model, images, tmp_path):
     result = cli("infer", onnx_model, images, "-o", tmp_path, "--tile", "64", "--max-size", "64")
-    assert result.exit_code == 1 and "give one of them" in result.stderr
+    assert result.exit_code == 2 and "give one of them" in result.stderr
     result = cli("infer", onnx_model, images, "-o", tmp_path, "--tile", "16x16")
-    assert result.exit_code == 1 and ">= 32" in result.stderr
+    assert result.exit_code == 2 and ">= 32" in result.stderr
 
 
 # --- tiling policy, on a per-pixel fake backend (tiled == whole exactly) ----------------------
