@@ -364,9 +364,10 @@ class TorchBackend(Backend):
                 f"torch.compile ({self.options.compile}) failed: {_cause(exc)}; use "
                 "compile='none', or fix the cause (inductor's CPU code needs a working C++ "
                 "compiler: g++ on PATH or CXX)",
-                cli=f"torch.compile ({self.options.compile}) failed: {_cause(exc)}; use "
-                    "--torch-compile none, or fix the cause (inductor's CPU code needs a "
-                    "working C++ compiler: g++ on PATH or CXX)")
+                cli=f"torch.compile ({self.options.compile}) failed: {_cause(exc)}; run "
+                    "uncompiled (--torch-compile none, or no compile= in --torch-variant), "
+                    "or fix the cause (inductor's CPU code needs a working C++ compiler: g++ "
+                    "on PATH or CXX)")
             raise self._failed from None
 
     def warm_up(self, image: Any, max_calls: int = MAX_WARMUP_CALLS) -> WarmUp:
