@@ -1,13 +1,17 @@
-"""The README's results table: PyTorch eager vs ONNX Runtime (FP32, and INT8 where the
-quantizer is available) with the paper's FPS protocol, measured side by side in one run.
+"""The README's results table: PyTorch eager vs optimised PyTorch (torch.compile, bf16,
+channels-last: ``--torch-variant``) vs ONNX Runtime (FP32, and INT8 where the quantizer is
+available) with the paper's FPS protocol, measured side by side in one run.
 
     python benchmarks/run_benchmarks.py                      # paper counts (20 + 100), slow
     python benchmarks/run_benchmarks.py --warmup 3 --iters 10 --rounds 3
 
 Per size: Algorithm 1 for every method (the reference re-warmed before each), then an
 interleaved run (A B C A B C ...) whose median per-round ratio is the speed-up to trust on
-a shared machine. Also: prefetch Pipeline vs sequential throughput for an external-pyramid
-artifact (JPEG decode + OpenCV pyramid overlapped with inference).
+a shared machine. Torch variants are compiled before timing (their compile time is a column
+of its own) and checked against eager fp32 with the comparator on held-out synthetic
+images; a variant that fails to compile is skipped with the cause. Also: prefetch Pipeline
+vs sequential throughput for an external-pyramid artifact (JPEG decode + OpenCV pyramid
+overlapped with inference).
 Writes results.md, results.json and results.png into --output.
 """
 
@@ -31,7 +35,8 @@ from isdnet_deploy.benchmark.methods import (
     count_model_flops,
     measure_peak_gflops,
     segmenter_method,
-    torch_method,
+    torch_backend_method,
+    torch_name,
 )
 from isdnet_deploy.benchmark.protocol import (
     PAPER_ITERS,
@@ -42,7 +47,13 @@ from isdnet_deploy.benchmark.protocol import (
 )
 from isdnet_deploy.data.images import atomic_write_bytes
 from isdnet_deploy.data.samples import photo_like
+from isdnet_deploy.errors import IsdnetError
 from isdnet_deploy.profiles import get_profile, parse_size
+from isdnet_deploy.runtime.backend import Device
+from isdnet_deploy.runtime.torch_backend import TorchOptions
+
+# eager fp32 (the baseline) is always timed; these by default beside it on the CPU
+CPU_VARIANTS = ("compile=inductor", "compile=inductor,precision=bf16", "channels_last")
 
 log = logging.getLogger("run_benchmarks")
 
@@ -131,6 +142,33 @@ def _int8_accuracy(segmenters: dict[str, Any], profile: str, size: tuple[int, in
     return {"size": list(size), "images": count, "agreement_vs_fp32": float(np.mean(agree)),
             "min_agreement": float(np.min(agree)), "pixel_accuracy_fp32":
             float(np.mean(acc_fp32)), "pixel_accuracy_int8": float(np.mean(acc_int8))}
+
+
+def _torch_parity(reference: Any, variants: dict[str, Any], profile: str,
+                  size: tuple[int, int], count: int) -> list[dict[str, Any]]:
+    """Each torch variant against eager fp32 through the one comparator, on held-out
+    synthetic images at ``size`` (seeds the INT8 calibration never used): max |logit diff|,
+    argmax agreement, and agreement on decided pixels (reference top-2 margin above twice
+    export verification's tolerance)."""
+    from isdnet_deploy.cli.compare import DECIDED_ATOL, DECIDED_RTOL, segmenter_side
+    from isdnet_deploy.data.samples import synthetic_pair
+    from isdnet_deploy.metrics.comparator import compare, relative_tolerance
+    from isdnet_deploy.runtime import Segmenter
+
+    def side(name: str, backend: Any) -> Any:
+        return segmenter_side(name, Segmenter(backend, scale=False))
+
+    images = [(synthetic_pair(profile, size[0], size[1], [3, i])[0], None)
+              for i in range(count)]
+    result = compare(side("pytorch eager", reference),
+                     [side(name, backend) for name, backend in variants.items()], images,
+                     reference.contract.num_classes,
+                     tolerance=relative_tolerance(DECIDED_ATOL, DECIDED_RTOL))
+    return [{"size": list(size), "images": count, "method": stats.name,
+             "max_abs_diff": stats.max_abs_diff, "reference_max_abs": stats.reference_max_abs,
+             "agreement": stats.agreement, "decided_agreement": stats.decided_agreement,
+             "decided_pixels": stats.decided_pixels, "pixels": stats.pixels}
+            for stats in result.candidates]
 
 
 _MEMORY_CHILD = """
@@ -226,14 +264,32 @@ def _rows(size: tuple[int, int], results: list[MethodResult], medians: dict[str,
 
     return [[f"{size[0]}x{size[1]}", r.name, num(r.fps, 3), f"{r.speedup:.2f}x",
              f"{medians[r.name]:.2f}x", num(r.median_ms, 0), num(r.p90_ms, 0),
-             num(r.peak_host_mib, 0), num(r.gflops_per_s, 1), num(r.percent_of_peak, 1)]
+             num(r.peak_host_mib, 0), num(r.gflops_per_s, 1), num(r.percent_of_peak, 1),
+             num(r.compile_s, 0)]
             for r in results]
+
+
+def _parity_lines(parity: list[dict[str, Any]], weights: str) -> list[str]:
+    if not parity:
+        return []
+    lines = ["", "Torch variants against eager fp32 (the comparator, held-out synthetic images; "
+             f"model: {weights}"
+             + ("; RANDOM weights: a random ISDNet flips labels under any rounding, so only "
+                "the fp32 rows' decided-pixel agreement means anything" if
+                weights == "random weights" else "") + "):", "",
+             "| size | method | images | max abs logit diff | argmax agreement | decided "
+             "agreement (decided pixels) |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {p['size'][0]}x{p['size'][1]} | {p['method']} | {p['images']} | "
+              f"{p['max_abs_diff']:.2e} | {p['agreement']:.4%} | {p['decided_agreement']:.4%} "
+              f"({p['decided_pixels'] / max(p['pixels'], 1):.1%}) |" for p in parity]
+    return lines
 
 
 def _markdown(rows: list[list[str]], machine: dict, settings: dict,
               pipeline: dict | None) -> str:
     header = ["size", "method", "FPS", "speed-up (protocol)", "speed-up (interleaved median)",
-              "latency median ms", "p90 ms", "peak host MiB", "GFLOP/s", "% of peak"]
+              "latency median ms", "p90 ms", "peak host MiB", "GFLOP/s", "% of peak",
+              "compile s"]
     packages = machine["packages"]
     lines = [
         f"Measured {settings['date']} on {machine['cpu_model']} "
@@ -245,12 +301,16 @@ def _markdown(rows: list[list[str]], machine: dict, settings: dict,
         "the same. Engine forward only (inputs prepared once). Load average during the run: "
         f"{settings['load_start']:.1f} at start, {settings['load_end']:.1f} at the end.",
         "GFLOP/s = the network's FLOPs at that size (2 per multiply-add) x FPS; % of peak is "
-        "of the float32 matmul peak, so INT8 (integer kernels) can exceed 100%.",
+        "of the float32 matmul peak, so INT8 (integer kernels) can exceed 100%. compile s: "
+        "torch.compile's forwards before timing (until one compiled nothing new), not timed.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
         *("| " + " | ".join(r) + " |" for r in rows),
     ]
+    lines += _parity_lines(settings.get("torch_parity") or [], settings["reference"])
+    lines += [f"Skipped {item['method']} at {item['size']}: {item['reason']}"
+              for item in settings.get("skipped") or []]
     check = settings.get("int8_check")
     if check:
         lines += ["", f"INT8 accuracy, the quantizer's own check at {check['verify_size'][0]}x"
@@ -300,10 +360,11 @@ def _plot(per_size: dict[str, tuple[list[MethodResult], dict[str, float]]], path
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / len(names)
-    colours = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c"]
+    colours = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
     for i, name in enumerate(names):
-        fps = [next(r.fps for r in per_size[s][0] if r.name == name) for s in sizes]
-        ratios = [per_size[s][1][name] for s in sizes]
+        # a variant skipped at one size (compile failure) has no bar there
+        fps = [next((r.fps for r in per_size[s][0] if r.name == name), 0.0) for s in sizes]
+        ratios = [per_size[s][1].get(name, 0.0) for s in sizes]
         bars = ax.bar(np.arange(len(sizes)) + (i - (len(names) - 1) / 2) * width, fps, width,
                       label=name, color=colours[i % len(colours)])
         ax.bar_label(bars, labels=[f"{r:.2f}x" for r in ratios], padding=2, fontsize=8)
@@ -347,13 +408,27 @@ def _plot(per_size: dict[str, tuple[list[MethodResult], dict[str, float]]], path
               show_default=True)
 @click.option("--artifacts", type=click.Path(file_okay=False), default=None,
               help="Keep the exported ONNX files here (default: a temporary folder).")
+@click.option("--torch-variant", "torch_variants", multiple=True, default=CPU_VARIANTS,
+              show_default=True,
+              help="PyTorch settings timed beside eager fp32 (repeat; 'none' for no variant): "
+                   "compile=none|inductor[:MODE], precision=fp32|bf16, channels_last.")
+@click.option("--parity-images", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Held-out synthetic images per size for the torch variants' parity with "
+                   "eager fp32 (0: none).")
 def main(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
          checkpoint: str | None, profile: str, int8: str, calib: int, accuracy_images: int,
          memory_size: str, pipeline: bool, pipeline_frames: int, output: str,
-         artifacts: str | None) -> None:
+         artifacts: str | None, torch_variants: tuple[str, ...], parity_images: int) -> None:
     """Produce the README's results table (markdown + JSON + PNG)."""
+    try:
+        variants = tuple(TorchOptions.parse(v) for v in torch_variants if v != "none")
+        for variant in variants:
+            variant.check_device(Device())
+    except IsdnetError as exc:
+        raise click.UsageError(str(exc)) from None
     args = (sizes, warmup, iters, rounds, threads, checkpoint, profile, int8, calib,
-            accuracy_images, memory_size, pipeline, pipeline_frames, Path(output))
+            accuracy_images, memory_size, pipeline, pipeline_frames, variants, parity_images,
+            Path(output))
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         _run(*args, Path(artifacts))
@@ -364,11 +439,13 @@ def main(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
 
 def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
          checkpoint: str | None, profile: str, int8: str, calib: int, accuracy_images: int,
-         memory_size: str, pipeline: bool, pipeline_frames: int, out: Path,
+         memory_size: str, pipeline: bool, pipeline_frames: int,
+         variants: tuple[TorchOptions, ...], parity_images: int, out: Path,
          work: Path) -> None:
     import torch
 
     from isdnet_deploy import runtime
+    from isdnet_deploy.runtime.torch_backend import TorchBackend
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
@@ -382,6 +459,9 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
     options = {"threads": threads} if threads else {}
     segmenters = {k: runtime.load(paths[k], scale=False, **options)
                   for k in ("fp32", "int8") if k in paths}
+    eager = TorchBackend(None, "cpu", model=model, profile=prof.name)
+    torch_backends = {torch_name(v): TorchBackend(None, "cpu", model=model, profile=prof.name,
+                                                  **v.as_kwargs()) for v in variants}
     peak = measure_peak_gflops("cpu")
     machine = machine_info({"torch": threads, "onnxruntime_intra_op": threads}
                            if threads else None)
@@ -391,10 +471,19 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
     per_size: dict[str, tuple[list[MethodResult], dict[str, float]]] = {}
     runs: dict[str, Any] = {}
     accuracy: list[dict[str, Any]] = []
+    parity: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     for size in size_list:
         label = f"{size[0]}x{size[1]}"
         flops = count_model_flops(model, size)
-        methods = [torch_method(model, size, flops=flops)]
+        methods = [torch_backend_method(eager, size, flops=flops)]
+        for name, backend in torch_backends.items():
+            click.echo(f"{label}: compiling / preparing {name} (not timed)", err=True)
+            try:
+                methods.append(torch_backend_method(backend, size, flops=flops))
+            except IsdnetError as exc:
+                click.echo(f"{label}: skipped {name}: {exc}", err=True)
+                skipped.append({"method": name, "size": label, "reason": str(exc)})
         methods += [segmenter_method(seg, size, name=f"onnxruntime {kind}", flops=flops)
                     for kind, seg in segmenters.items()]
         click.echo(f"{label}: protocol", err=True)
@@ -406,6 +495,13 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
         rows += _rows(size, results, inter.median_ratio)
         per_size[label] = (results, inter.median_ratio)
         runs[label] = report.to_json(results, inter, None, {"size": list(size), "flops": flops})
+        timed = {m.name for m in methods}
+        compiled = {n: b for n, b in torch_backends.items() if n in timed}
+        if compiled and parity_images:
+            parity += _torch_parity(eager, compiled, prof.name, size, parity_images)
+            click.echo(f"{label}: parity " + ", ".join(
+                f"{p['method']} {p['agreement']:.4%} (decided {p['decided_agreement']:.4%})"
+                for p in parity[-len(compiled):]), err=True)
         if "int8" in segmenters and accuracy_images:
             accuracy.append(_int8_accuracy(segmenters, prof.name, size, accuracy_images))
             click.echo(f"{label}: INT8 vs FP32 agreement {accuracy[-1]['agreement_vs_fp32']:.4%}",
@@ -418,8 +514,8 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
         size = size_list[-1]
         click.echo(f"pipeline vs sequential at {size[0]}x{size[1]}", err=True)
         pipe = _pipeline_throughput(paths["external"], size, pipeline_frames, threads)
-    for seg in segmenters.values():
-        seg.close()
+    for closing in (*segmenters.values(), eager, *torch_backends.values()):
+        closing.close()
 
     settings = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "warmup": warmup, "iters": iters, "rounds": rounds, "threads": threads,
@@ -429,6 +525,8 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
                 "int8": "int8" in paths, "calibration_images": calib if "int8" in paths else None,
                 "int8_check": int8_check, "int8_accuracy": accuracy,
                 "memory_size": memory_size, "memory": memory,
+                "torch_variants": [v.as_kwargs() for v in variants], "torch_parity": parity,
+                "skipped": skipped,
                 "load_start": load_start, "load_end": os.getloadavg()[0],
                 "command": " ".join(sys.argv)}
     markdown = _markdown(rows, machine, settings, pipe)

@@ -125,6 +125,13 @@ def _python_snippet(block: Block, folder: Path) -> None:
     assert "unknown" in done.stdout  # the DeepGlobe class names were printed
 
 
+def _torch_variants(block: Block, folder: Path) -> None:
+    compared, timed = (run_ok(command, folder).stdout for command in block.commands())
+    for name in ("pytorch eager bf16", "pytorch eager fp32 channels-last"):
+        assert name in compared and name in timed
+    assert "decided agreement" in compared and "interleaved" in timed
+
+
 def _train_synthetic(block: Block, folder: Path) -> None:
     import torch
 
@@ -176,6 +183,7 @@ RUNNERS: dict[str, Callable[[Block, Path], None]] = {
         _start_tests,
     "isdnet-deploy export CHECKPOINT.pth -o model.onnx": _export,
     "import cv2": _python_snippet,
+    "isdnet-deploy compare CHECKPOINT.pth --torch-variant precision=bf16": _torch_variants,
     "python benchmarks/train_synthetic.py -o isdnet_synthetic_deepglobe.pth --device cuda \\":
         _train_synthetic,
     "isdnet-deploy quantize model.onnx --precision fp16 -o model_fp16.onnx": _quantize_and_build,

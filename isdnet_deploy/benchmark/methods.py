@@ -4,7 +4,9 @@ Every method times the engine forward only, on inputs prepared once from the pro
 seeded random 1x3xHxW image, so all rows of a table measure the same work. For an
 external-pyramid artifact that means the OpenCV pyramid runs *outside* the timed loop;
 ``include_pyramid=True`` gives the variant that recomputes it every forward.
-torch is imported only inside the functions that need it.
+torch is imported only inside the functions that need it. Torch methods (the reference and
+its compiled / reduced-precision / channels-last / CUDA-graph variants) all go through the
+torch backend's ``forward`` and are warmed until nothing compiles any more before timing.
 """
 
 from __future__ import annotations
@@ -22,13 +24,10 @@ import numpy as np
 from ..errors import IsdnetError, MissingDependencyError, missing
 from ..runtime import preprocess
 from ..runtime.segmenter import Segmenter
+from ..runtime.torch_backend import TorchBackend, TorchOptions
 from .protocol import Method, random_input
 
 TORCH_NAME = "pytorch eager"
-
-
-def _noop() -> None:
-    return None
 
 
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -39,19 +38,38 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def torch_method(model: Any, size: tuple[int, int], *, device: str = "cpu",
-                 name: str = TORCH_NAME, seed: int = 0, flops: float | None = None) -> Method:
-    """``model(x)`` under ``torch.no_grad`` with CUDA synchronisation and peak memory on GPU."""
+                 name: str | None = None, seed: int = 0, flops: float | None = None,
+                 options: TorchOptions | None = None) -> Method:
+    """The PyTorch model under ``options`` (default: the eager fp32 reference), timed through
+    the torch backend's device-resident forward; see ``torch_backend_method``."""
+    backend = TorchBackend(None, device, model=model, **(options or TorchOptions()).as_kwargs())
+    return torch_backend_method(backend, size, name=name, seed=seed, flops=flops)
+
+
+def torch_name(options: TorchOptions) -> str:
+    """'pytorch eager' for the reference, else e.g. 'pytorch compiled bf16 channels-last'."""
+    return TORCH_NAME if options.is_reference else f"pytorch {options.label}"
+
+
+def torch_backend_method(backend: TorchBackend, size: tuple[int, int], *,
+                         name: str | None = None, seed: int = 0,
+                         flops: float | None = None) -> Method:
+    """``backend.forward(x)``: input already on the device, logits left there (no host
+    copy), CUDA-synchronised, peak GPU memory on CUDA. Compilation and CUDA-graph capture
+    happen here, before the protocol, and are reported as the method's compile time; a
+    compile failure raises ``IsdnetError`` naming the cause."""
     import torch
 
-    x = torch.from_numpy(random_input(*size, seed=seed)).to(device)
-    model = model.to(device).eval()
-    cuda = device == "cuda"
+    x = torch.from_numpy(random_input(*size, seed=seed)).to(backend.torch_device)
+    warm = backend.warm_up(x)
+    prepared = backend.options.compiled or backend.options.cuda_graphs
     return Method(
-        name=name, forward=lambda: model(x),
-        synchronize=torch.cuda.synchronize if cuda else _noop,
-        context=torch.no_grad, device=device, flops=flops,
-        cuda_peak_memory=torch.cuda.max_memory_allocated if cuda else None,
-        cuda_reset_peak=torch.cuda.reset_peak_memory_stats if cuda else None,
+        name=name or torch_name(backend.options), forward=lambda: backend.forward(x),
+        synchronize=backend.synchronize, device=backend.device.kind, flops=flops,
+        cuda_peak_memory=backend.peak_device_memory if backend.device.is_cuda else None,
+        cuda_reset_peak=backend.reset_peak_device_memory if backend.device.is_cuda else None,
+        compile_s=warm.seconds if prepared else None,
+        compile_calls=warm.calls if prepared else None,
     )
 
 
@@ -77,8 +95,8 @@ def method_name(segmenter: Segmenter, include_pyramid: bool = False) -> str:
     """E.g. 'onnxruntime fp32', 'tensorrt fp16 (pyramid outside)'."""
     contract = segmenter.contract
     backend = segmenter.backend
-    if backend.name == "torch":
-        return f"torch backend {contract.precision}"
+    if isinstance(backend, TorchBackend):
+        return f"torch backend {backend.options.label}"
     name = f"{backend.name} {contract.precision}"
     if backend.device.is_cuda and backend.name == "onnxruntime":
         name += f" {backend.device}"
@@ -96,6 +114,8 @@ def segmenter_method(segmenter: Segmenter, size: tuple[int, int], *, name: str |
                           "graph-pyramid artifact computes it inside every forward already")
     feeds, build = protocol_feeds(segmenter, size, seed)
     backend = segmenter.backend
+    warm = backend.warm_up(feeds["image"]) if isinstance(backend, TorchBackend) else None
+    prepared = warm is not None and (backend.options.compiled or backend.options.cuda_graphs)
     if include_pyramid:
         def forward() -> object:
             return backend.run(build())
@@ -105,7 +125,9 @@ def segmenter_method(segmenter: Segmenter, size: tuple[int, int], *, name: str |
     return Method(name=name or method_name(segmenter, include_pyramid), forward=forward,
                   synchronize=backend.synchronize, device=backend.device.kind, flops=flops,
                   cuda_peak_memory=backend.peak_device_memory,
-                  cuda_reset_peak=backend.reset_peak_device_memory)
+                  cuda_reset_peak=backend.reset_peak_device_memory,
+                  compile_s=warm.seconds if prepared else None,
+                  compile_calls=warm.calls if prepared else None)
 
 
 def unique_names(names: Sequence[str], labels: Sequence[str]) -> list[str]:

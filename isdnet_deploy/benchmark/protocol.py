@@ -44,7 +44,10 @@ def _noop() -> None:
 
 @dataclass
 class Method:
-    """One thing to time. ``forward`` must already hold its input (the protocol has none)."""
+    """One thing to time. ``forward`` must already hold its input (the protocol has none).
+
+    ``compile_s``/``compile_calls``: the forwards that compiled (torch.compile) or captured
+    CUDA graphs before the protocol started, reported apart from the timed forwards."""
 
     name: str
     forward: Callable[[], object]
@@ -54,6 +57,8 @@ class Method:
     flops: float | None = None
     cuda_peak_memory: Callable[[], int | None] | None = None
     cuda_reset_peak: Callable[[], None] | None = None
+    compile_s: float | None = None
+    compile_calls: int | None = None
 
 
 @dataclass
@@ -94,6 +99,8 @@ class MethodResult:
     gflops_per_s: float | None = None
     percent_of_peak: float | None = None
     rewarm: RewarmInfo | None = None
+    compile_s: float | None = None
+    compile_calls: int | None = None
 
 
 @dataclass
@@ -230,6 +237,7 @@ def _measure(method: Method, warmup: int, iters: int, progress: bool,
         iters=iters, latencies=latencies, **latency_stats(latencies),
         peak_host_mib=host_mib, peak_host_source=host_source, peak_device_mib=device_mib,
         flops=method.flops, gflops_per_s=gflops, percent_of_peak=percent,
+        compile_s=method.compile_s, compile_calls=method.compile_calls,
     )
 
 

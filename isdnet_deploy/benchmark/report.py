@@ -68,24 +68,35 @@ def _peak_note(results: Sequence[MethodResult]) -> str | None:
             "was under-measured on a busy machine)")
 
 
+def compile_note(results: Sequence[MethodResult]) -> str | None:
+    """What the 'compile s' column holds, when a method compiled or captured graphs."""
+    if all(r.compile_s is None for r in results):
+        return None
+    return ("compile s: wall time of the forwards that compiled (torch.compile) or captured "
+            "CUDA graphs, run before the protocol until a forward compiled nothing new (one "
+            "forward each included; inductor's on-disk cache can shorten a repeat run); "
+            "never part of the timed forwards")
+
+
 def format_table(results: Sequence[MethodResult], machine: dict | None = None) -> str:
-    """One row per method, then the re-warm verdicts; speed-up is against the first method."""
+    """One row per method, then the re-warm verdicts; speed-up is against the first method.
+    A 'compile s' column appears when a method compiled before it was timed."""
+    compiled = compile_note(results) is not None
     rows = [[
         r.name, number(r.fps), f"{r.speedup:.2f}x", number(r.mean_ms, 3), number(r.median_ms, 3),
         number(r.p90_ms, 3), number(r.p99_ms, 3), number(r.peak_host_mib, 1),
         number(r.peak_device_mib, 1), number(r.gflops_per_s, 1), number(r.percent_of_peak, 1),
-    ] for r in results]
-    header = [c for c, _ in _COLUMNS]
+    ] + ([number(r.compile_s, 1)] if compiled else []) for r in results]
+    columns = _COLUMNS + ((("compile s", ">"),) if compiled else ())
+    header = [c for c, _ in columns]
     lines = _machine_lines(machine) if machine else []
     if results:
         first = results[0]
         lines.append(f"protocol: {first.warmup} warm-up + {first.iters} timed forwards per method; "
                      f"reference: {first.name}")
-    lines.append(grid(header, rows, [a for _, a in _COLUMNS]))
+    lines.append(grid(header, rows, [a for _, a in columns]))
     lines += [_rewarm_line(r.name, r.rewarm) for r in results if r.rewarm is not None]
-    note = _peak_note(results)
-    if note:
-        lines.append(note)
+    lines += [note for note in (_peak_note(results), compile_note(results)) if note]
     sources = {r.peak_host_source for r in results if r.peak_host_source}
     lines += [f"peak host memory: {s}" for s in sorted(sources)]
     return "\n".join(lines)

@@ -12,17 +12,23 @@ from ..benchmark import report
 from ..benchmark.protocol import PAPER_ITERS, PAPER_WARMUP
 from ..errors import IsdnetError
 from ..profiles import Profile, get_profile
+from ..runtime.torch_backend import TorchOptions
 from .common import (
     DEVICE,
     PROFILE,
     SIZE,
     check_json_path,
+    check_torch_settings,
+    is_torch_artifact,
     json_option,
     open_artifact,
     output_file,
     progress_option,
     reference_backend,
+    require_torch_artifact,
     show_progress,
+    torch_options,
+    torch_variant_option,
     warn_random_weights,
     write_json,
 )
@@ -68,20 +74,31 @@ from .common import (
               help="After timing, profile each ONNX Runtime artifact (separate session) and "
                    "print its top op types, stages and nodes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input.")
+@torch_variant_option("Also time the PyTorch reference under these settings, each a method "
+                      "of its own (e.g. 'pytorch compiled bf16'); eager fp32 stays the "
+                      "baseline.")
+@torch_options
 @progress_option
 def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profile: str,
                       size: tuple[int, int] | None, warmup: int, iters: int, interleave: bool,
                       rounds: int, device: str, backend: str, threads: int | None,
                       no_reference: bool, include_pyramid: bool, json_path: str | None,
                       plot_path: str | None, flops: bool, peak: bool, ort_profile: bool,
-                      seed: int, no_progress: bool) -> None:
+                      seed: int, torch_variants: tuple[TorchOptions, ...],
+                      torch_options: TorchOptions, no_progress: bool) -> None:
     """Time the PyTorch reference and ARTIFACTs (.onnx, .engine, .pth) with the paper's
     FPS protocol: 20 warm-up + 100 timed forwards on a random 1x3xHxW input, FPS = 100 /
     total, the reference re-warmed before each later method.
 
-    Each method times its engine forward only, on inputs prepared once.
+    Each method times its engine forward only, on inputs prepared once. Torch methods that
+    compile or capture CUDA graphs do so before the protocol, until a forward compiles
+    nothing new; that time is reported apart ('compile s'). A method whose compilation
+    fails is skipped with the cause.
 
     Example: isdnet-deploy benchmark runs/demo/isdnet_deepglobe.onnx --size 1024x1024
+
+    Example: isdnet-deploy benchmark --size 1024x1024 --interleave
+    --torch-variant compile=inductor --torch-variant compile=inductor,precision=bf16
     """
     from ..benchmark.machine import machine_info
     from ..benchmark.methods import (
@@ -89,11 +106,14 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
         measure_peak_gflops,
         profile_onnxruntime,
         segmenter_method,
-        torch_method,
         unique_names,
     )
     from ..benchmark.protocol import run_interleaved, run_protocol
 
+    _check_torch_variants(torch_variants, no_reference)
+    require_torch_artifact(torch_options, artifacts, backend,
+                           "; --torch-variant times the reference under such settings")
+    check_torch_settings((torch_options, *torch_variants), device)
     prof = get_profile(profile)
     hw = size or prof.test_size
     progress = show_progress(no_progress)
@@ -104,7 +124,8 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
                           ".onnx/.engine file or drop --no-reference")
     with contextlib.ExitStack() as stack:
         segmenters = [stack.enter_context(open_artifact(p, backend=backend, device=device,
-                                                        threads=threads, scale=False)[0])
+                                                        threads=threads, scale=False,
+                                                        torch_options=torch_options)[0])
                       for p in artifacts]
         reference = None
         if not no_reference:
@@ -114,12 +135,25 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
 
         methods = []
         labels: list[str] = []
+        skipped: list[dict[str, str]] = []
         if reference is not None:
-            methods.append(torch_method(reference.model, hw, device=device, seed=seed,
-                                        flops=flop_count))
-            labels.append(Path(checkpoint).name if checkpoint else "random weights")
+            label = Path(checkpoint).name if checkpoint else "random weights"
+            for options in (TorchOptions(), *torch_variants):
+                method = _torch_variant(stack, reference, options, hw, seed, flop_count,
+                                        threads, skipped)
+                if method is not None:
+                    methods.append(method)
+                    labels.append(label)
         notes = []
         for path, seg in zip(artifacts, segmenters, strict=True):
+            if is_torch_artifact(path, backend):
+                method = _prepared(lambda seg=seg: segmenter_method(seg, hw, seed=seed,
+                                                                    flops=flop_count),
+                                   Path(path).name, skipped)
+                if method is not None:
+                    methods.append(method)
+                    labels.append(Path(path).name)
+                continue
             methods.append(segmenter_method(seg, hw, seed=seed, flops=flop_count))
             labels.append(Path(path).name)
             if seg.contract.pyramid == "external":
@@ -147,6 +181,9 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
             ([] if reference is None else [("the PyTorch reference", reference.contract)])
             + [(Path(path).name, seg.contract) for path, seg in zip(artifacts, segmenters,
                                                                    strict=True)])
+        if not methods:
+            raise IsdnetError(f"nothing left to benchmark: every method was skipped "
+                              f"({'; '.join(s['reason'] for s in skipped)})")
         results = run_protocol(methods, warmup, iters, peak_gflops=peak_gflops,
                                progress=progress)
         inter = (run_interleaved(methods, rounds, iters, warmup, progress=progress)
@@ -160,6 +197,8 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
                          "(the reference network's count, 2 per multiply-add) x FPS")
         for note in notes:
             click.echo(f"note: {note}")
+        for item in skipped:
+            click.echo(f"skipped: {item['method']}: {item['reason']}")
 
         profiles = {}
         if ort_profile:
@@ -176,11 +215,59 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
                     "reference": None if reference is None else (checkpoint or "random weights"),
                     "artifacts": list(artifacts), "flops_per_forward": flop_count,
                     "rounds": rounds if interleave else None, "notes": notes,
-                    "ort_profile": profiles or None}
+                    "ort_profile": profiles or None,
+                    "torch_variants": [o.as_kwargs() for o in torch_variants],
+                    "torch_options": torch_options.as_kwargs(), "skipped": skipped}
         write_json(json_file, report.to_json(results, inter, machine, settings))
         if plot_file is not None:
             report.plot_fps(results, plot_file, title=f"ISDNet {hw[0]}x{hw[1]}, {device}")
             click.echo(f"wrote {plot_file}")
+
+
+def _check_torch_variants(variants: tuple[TorchOptions, ...], no_reference: bool) -> None:
+    if not variants:
+        return
+    if no_reference:
+        raise click.UsageError("--torch-variant times the PyTorch reference under other "
+                               "settings; drop --no-reference")
+    labels = [v.label for v in variants]
+    if "eager fp32" in labels:
+        raise click.UsageError("--torch-variant eager fp32 is the baseline, always timed; "
+                               "drop it")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise click.UsageError(f"--torch-variant {repeated[0]} given twice; give each once")
+
+
+def _prepared(build: Any, name: str, skipped: list[dict[str, str]]) -> Any:
+    """A torch method (compiled / captured before timing), or None with the reason in
+    ``skipped`` when that fails, e.g. no C++ compiler for inductor."""
+    try:
+        return build()
+    except IsdnetError as exc:
+        click.echo(f"skipped: {name}: {exc.for_cli()}", err=True)
+        skipped.append({"method": name, "reason": exc.for_cli()})
+        return None
+
+
+def _torch_variant(stack: contextlib.ExitStack, reference: Any, options: TorchOptions,
+                   hw: tuple[int, int], seed: int, flops: float | None, threads: int | None,
+                   skipped: list[dict[str, str]]) -> Any:
+    """The reference's model under ``options`` as a method (the reference itself for eager
+    fp32), compiled before it is timed."""
+    from ..benchmark.methods import torch_backend_method, torch_name
+    from ..runtime.torch_backend import TorchBackend
+
+    name = torch_name(options)
+    if options.compiled or options.cuda_graphs:
+        click.echo(f"compiling / capturing {name} at {hw[0]}x{hw[1]} (not timed)", err=True)
+
+    def build() -> Any:
+        backend = reference if options.is_reference else stack.enter_context(TorchBackend(
+            None, str(reference.device), model=reference.model,
+            profile=reference.contract.profile, threads=threads, **options.as_kwargs()))
+        return torch_backend_method(backend, hw, name=name, seed=seed, flops=flops)
+    return _prepared(build, name, skipped)
 
 
 def _flops(reference: Any, checkpoint: str | None, prof: Profile,

@@ -3,10 +3,11 @@ warning, output checks. One place, so the commands behave alike."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import click
 from ..errors import IsdnetError, missing
 from ..fileio import check_output_path
 from ..profiles import DEFAULT_PROFILE, PROFILES, Profile, get_profile, parse_size
+from ..runtime.torch_backend import COMPILE_MODES, PRECISIONS, TorchOptions
 
 REFERENCE = "reference"
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
@@ -52,9 +54,10 @@ def output_file(path: str | None, suffix: str) -> Path | None:
 
 
 def reference_backend(checkpoint: str | None, profile: Profile, device: str,
-                      threads: int | None) -> Any:
+                      threads: int | None, torch_options: TorchOptions | None = None) -> Any:
     """The PyTorch reference as a runtime backend: the checkpoint, or random weights with
-    the profile's class count (``warn_random_weights`` tells the user when work starts)."""
+    the profile's class count (``warn_random_weights`` tells the user when work starts);
+    ``torch_options`` (default: eager fp32) say how it runs."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -62,11 +65,14 @@ def reference_backend(checkpoint: str | None, profile: Profile, device: str,
     from ..model.checkpoint import build_model, load_model
     from ..runtime.torch_backend import TorchBackend
 
+    options = torch_options or TorchOptions()
+
     if checkpoint:
         model = load_model(checkpoint)
         # --profile names the classes only when the checkpoint has that many
         name = profile.name if model.num_classes == profile.num_classes else None
-        return TorchBackend(None, device, model=model, profile=name, threads=threads)
+        return TorchBackend(None, device, model=model, profile=name, threads=threads,
+                            **options.as_kwargs())
     quiet = logging.getLogger("isdnet_deploy")
     previous = quiet.level
     quiet.setLevel(logging.ERROR)  # build_model's own warning says the same
@@ -74,21 +80,23 @@ def reference_backend(checkpoint: str | None, profile: Profile, device: str,
         model = build_model(profile.num_classes)
     finally:
         quiet.setLevel(previous)
-    return TorchBackend(None, device, model=model, profile=profile.name, threads=threads)
+    return TorchBackend(None, device, model=model, profile=profile.name, threads=threads,
+                        **options.as_kwargs())
 
 
 def open_artifact(spec: str, *, profile: str | None = None, device: str | None = None,
-                  threads: int | None = None, scale: bool = True, backend: str = "auto"
-                  ) -> tuple[Any, str]:
+                  threads: int | None = None, scale: bool = True, backend: str = "auto",
+                  torch_options: TorchOptions | None = None) -> tuple[Any, str]:
     """(Segmenter, display name) for an artifact path or the word ``reference``.
 
     ``device`` None means the backend's own default (CUDA for TensorRT engines).
+    ``torch_options`` apply when the artifact opens with the torch backend.
     """
     from .. import runtime
 
     if spec == REFERENCE:
         prof = get_profile(profile or DEFAULT_PROFILE)
-        opened = reference_backend(None, prof, device or "cpu", threads)
+        opened = reference_backend(None, prof, device or "cpu", threads, torch_options)
         return runtime.Segmenter(opened, scale=scale), "reference (random weights)"
     kind = runtime.backend_for(spec, backend)
     options: dict[str, Any] = {}
@@ -96,6 +104,8 @@ def open_artifact(spec: str, *, profile: str | None = None, device: str | None =
         options["threads"] = threads
     if kind == "torch" and profile:
         options["profile"] = get_profile(profile).name
+    if kind == "torch" and torch_options is not None:
+        options.update(torch_options.as_kwargs())
     segmenter = runtime.load(spec, backend, device, scale=scale, **options)
     own = segmenter.contract.profile
     if profile and own and own != get_profile(profile).name:
@@ -137,9 +147,26 @@ class DeviceType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class TorchVariantType(click.ParamType):
+    """A torch backend setting: compile=none|inductor[:MODE], precision=fp32|fp16|bf16,
+    channels_last, cuda_graphs, comma-separated."""
+
+    name = "SPEC"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> TorchOptions:
+        if isinstance(value, TorchOptions):
+            return value
+        try:
+            return TorchOptions.parse(str(value))
+        except IsdnetError as exc:
+            self.fail(exc.for_cli(), param, ctx)
+
+
 SIZE = SizeType()
 DEVICE = DeviceType()
 PROFILE = click.Choice(list(PROFILES), case_sensitive=False)
+TORCH_VARIANT = TorchVariantType()
 
 
 def progress_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -180,3 +207,74 @@ def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
         return
     report.write_json(path, jsonable(data))
     click.echo(f"wrote {path}", err=True)
+
+
+# --- the torch backend's optimisation options ---------------------------------------------
+
+def torch_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--torch-compile``, ``--torch-precision``, ``--channels-last``, ``--cuda-graphs``,
+    handed to the command as one ``torch_options: TorchOptions`` (how artifacts that open
+    with the torch backend run; an impossible setting is a usage error)."""
+    @functools.wraps(command)
+    def with_torch_options(*args: Any, torch_compile: str, torch_precision: str,
+                           channels_last: bool, cuda_graphs: bool, **kwargs: Any) -> Any:
+        try:
+            options = TorchOptions(torch_compile, torch_precision, channels_last, cuda_graphs)
+        except IsdnetError as exc:
+            raise click.UsageError(exc.for_cli()) from None
+        return command(*args, torch_options=options, **kwargs)
+
+    options = [
+        click.option("--torch-compile", default="none", show_default=True,
+                     metavar="none|inductor[:MODE]",
+                     help="torch.compile for torch-backend artifacts (.pth, 'reference'); "
+                          f"MODE: {', '.join(COMPILE_MODES)}."),
+        click.option("--torch-precision", type=click.Choice(PRECISIONS), default="fp32",
+                     show_default=True,
+                     help="Autocast precision for torch-backend artifacts (fp16: CUDA only)."),
+        click.option("--channels-last", is_flag=True,
+                     help="NHWC memory order for torch-backend artifacts."),
+        click.option("--cuda-graphs", is_flag=True,
+                     help="Record one CUDA graph per input size and replay it (torch "
+                          "backend, --device cuda only)."),
+    ]
+    for option in reversed(options):
+        with_torch_options = option(with_torch_options)
+    return with_torch_options
+
+
+def torch_variant_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--torch-variant SPEC``, repeatable: the PyTorch reference again under other
+    settings, e.g. ``compile=inductor,precision=bf16``."""
+    return click.option("--torch-variant", "torch_variants", type=TORCH_VARIANT, multiple=True,
+                        help=f"{what} Repeat for several. SPEC: comma-separated "
+                             "compile=none|inductor[:MODE], precision=fp32|fp16|bf16, "
+                             "channels_last, cuda_graphs (e.g. compile=inductor,precision=bf16).")
+
+
+def check_torch_settings(settings: Iterable[TorchOptions], device: str | None) -> None:
+    """Settings the device cannot run are usage errors, found before any work starts."""
+    from ..runtime.backend import Device
+
+    for options in settings:
+        try:
+            options.check_device(Device.parse(device or "cpu"))
+        except IsdnetError as exc:
+            raise click.UsageError(exc.for_cli()) from None
+
+
+def is_torch_artifact(spec: str, backend: str = "auto") -> bool:
+    """Whether ``spec`` opens with the torch backend (a .pth file or ``reference``)."""
+    from .. import runtime
+
+    return spec == REFERENCE or runtime.backend_for(spec, backend) == "torch"
+
+
+def require_torch_artifact(options: TorchOptions, specs: Iterable[str], backend: str = "auto",
+                           instead: str = "") -> None:
+    """Torch settings with no torch-backend artifact to apply them to are a usage error."""
+    if options.is_reference or any(is_torch_artifact(s, backend) for s in specs):
+        return
+    raise click.UsageError(f"--torch-compile/--torch-precision/--channels-last/--cuda-graphs "
+                           f"apply to torch-backend artifacts (.pth or 'reference'), and none "
+                           f"is given{instead}")

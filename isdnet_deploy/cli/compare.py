@@ -13,8 +13,9 @@ import click
 import numpy as np
 
 from ..errors import IsdnetError
-from ..metrics.comparator import Comparator, Outputs, Side
+from ..metrics.comparator import Comparator, Outputs, Side, relative_tolerance
 from ..profiles import Profile, get_profile
+from ..runtime.torch_backend import TorchOptions
 from ..tables import grid, percent, points, scientific
 from .common import (
     DEVICE,
@@ -22,14 +23,22 @@ from .common import (
     REFERENCE,
     SIZE,
     check_json_path,
+    check_torch_settings,
+    is_torch_artifact,
     json_option,
     open_artifact,
     output_file,
     progress_option,
+    require_torch_artifact,
     show_progress,
+    torch_options,
+    torch_variant_option,
     warn_random_weights,
     write_json,
 )
+
+# Decided pixels: reference top-2 margin above twice export verification's tolerance.
+DECIDED_ATOL, DECIDED_RTOL = 1e-4, 1e-5
 
 
 @dataclass
@@ -76,9 +85,23 @@ def segmenter_side(name: str, segmenter: Any) -> Side:
 
 
 def _label(path: str, segmenter: Any) -> str:
+    options = getattr(segmenter.backend, "options", None)
     if path == REFERENCE:
-        return "pytorch (random weights)"
-    return f"{Path(path).name} ({segmenter.backend.name} {segmenter.contract.precision})"
+        return ("pytorch (random weights)" if options is None or options.is_reference
+                else f"pytorch {options.label} (random weights)")
+    what = options.label if options is not None else segmenter.contract.precision
+    return f"{Path(path).name} ({segmenter.backend.name} {what})"
+
+
+def _variant(reference: Any, options: TorchOptions, threads: int | None, scale: bool) -> Any:
+    """The REFERENCE's own model under other torch settings, as a Segmenter."""
+    from ..runtime import Segmenter
+    from ..runtime.torch_backend import TorchBackend
+
+    backend = reference.backend
+    return Segmenter(TorchBackend(None, str(backend.device), model=backend.model,
+                                  profile=reference.contract.profile, threads=threads,
+                                  **options.as_kwargs()), scale=scale)
 
 
 def _heatmap_path(base: Path, index: int, count: int, name: str) -> Path:
@@ -90,7 +113,7 @@ def _heatmap_path(base: Path, index: int, count: int, name: str) -> Path:
 
 @click.command("compare")
 @click.argument("reference_path", metavar="REFERENCE")
-@click.argument("candidates", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("candidates", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--random", "random_count", type=click.IntRange(min=0), default=3,
               show_default=True, help="Seeded random inputs when no --images are given.")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
@@ -108,22 +131,42 @@ def _heatmap_path(base: Path, index: int, count: int, name: str) -> Path:
               help="PNG of where each candidate's labels differ from the reference's (on the "
                    "input where they differ most); one file per candidate when several.")
 @json_option("all figures")
+@torch_variant_option("Also compare REFERENCE (a .pth or 'reference') under these settings "
+                      "with itself as it is (eager fp32).")
+@torch_options
 @progress_option
 def compare_command(reference_path: str, candidates: tuple[str, ...], random_count: int,
                     images: str | None, labels: str | None, size: tuple[int, int] | None,
                     profile: str, device: str, threads: int | None, heatmap: str | None,
-                    json_path: str | None, no_progress: bool) -> None:
+                    json_path: str | None, torch_variants: tuple[TorchOptions, ...],
+                    torch_options: TorchOptions, no_progress: bool) -> None:
     """How closely each CANDIDATE reproduces REFERENCE (a .pth checkpoint, the word
     'reference' for the random-weights model, or any artifact): max/mean |logit diff|,
-    cosine similarity, argmax agreement and mIoU of its labels against the reference's.
+    cosine similarity, argmax agreement and mIoU of its labels against the reference's,
+    and agreement on decided pixels (those whose reference top-2 margin exceeds twice
+    1e-4 + 1e-5 max|logit|, export verification's tolerance).
+
+    The torch options apply to torch CANDIDATES; REFERENCE always runs eager fp32.
 
     Example: isdnet-deploy compare reference runs/demo/isdnet_deepglobe.onnx --random 3
+
+    Example: isdnet-deploy compare reference --torch-variant compile=inductor
+    --torch-variant compile=inductor,precision=bf16 --size 512x512
     """
     from tqdm.auto import tqdm
 
     from ..metrics.parity import disagreement_heatmap
     from ..metrics.segmentation import ConfusionAccumulator
 
+    if not candidates and not torch_variants:
+        raise click.UsageError("nothing to compare: give a CANDIDATE or a --torch-variant")
+    if torch_variants and not is_torch_artifact(reference_path):
+        raise click.UsageError("--torch-variant runs REFERENCE under other settings, so "
+                               "REFERENCE must be a .pth checkpoint or 'reference'")
+    require_torch_artifact(torch_options, candidates,
+                           instead=" (REFERENCE always runs eager fp32); --torch-variant "
+                                   "compares REFERENCE under such settings")
+    check_torch_settings((torch_options, *torch_variants), device)
     prof = get_profile(profile)
     hw = size or prof.test_size
     json_file = check_json_path(json_path)
@@ -132,21 +175,32 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
     scale = images is not None
 
     with contextlib.ExitStack() as stack:
-        opened = {}
+        opened = []
         for path in (*candidates, reference_path):  # files first: quick, and they fail fast
-            segmenter, _ = open_artifact(path, profile=prof.name if path == REFERENCE else None,
-                                         device=device, threads=threads, scale=scale)
-            opened[path] = stack.enter_context(segmenter)
-        ref_path, ref = reference_path, opened[reference_path]
-        others = [(path, opened[path]) for path in candidates]
+            segmenter, _ = open_artifact(
+                path, profile=prof.name if path == REFERENCE else None, device=device,
+                threads=threads, scale=scale,
+                torch_options=torch_options if len(opened) < len(candidates) else None)
+            opened.append(stack.enter_context(segmenter))
+        ref_path, ref = reference_path, opened[-1]
+        # (path, display name, segmenter, what names its heatmap file)
+        others = [(path, _label(path, seg), seg, path)
+                  for path, seg in zip(candidates, opened[:-1], strict=True)]
+        for options in torch_variants:
+            name = f"pytorch {options.label}"
+            others.append((reference_path, name,
+                           stack.enter_context(_variant(ref, options, threads, scale)),
+                           name.replace(" ", "_")))
         num_classes = ref.contract.num_classes
-        for path, segmenter in others:
+        for path, _, segmenter, _ in others:
             if segmenter.contract.num_classes != num_classes:
                 raise IsdnetError(f"{path} has {segmenter.contract.num_classes} classes, the "
                                   f"reference {num_classes}; compare artifacts of the same model")
         ref_name = _label(ref_path, ref)
-        sides = [segmenter_side(_label(path, seg), seg) for path, seg in others]
-        comparator = Comparator(segmenter_side(ref_name, ref), sides, num_classes)
+        sides = [segmenter_side(name, seg) for _, name, seg, _ in others]
+        tolerance = relative_tolerance(DECIDED_ATOL, DECIDED_RTOL)
+        comparator = Comparator(segmenter_side(ref_name, ref), sides, num_classes,
+                                tolerance=tolerance)
         accuracy = {name: ConfusionAccumulator(num_classes)
                     for name in [ref_name, *(name for name, _ in sides)]} if labels else {}
         worst: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -167,24 +221,32 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
                                          outputs[stats.name].labels)
 
     summaries = []
-    for (path, segmenter), stats in zip(others, comparator.stats, strict=True):
+    for (path, _, segmenter, _), stats in zip(others, comparator.stats, strict=True):
         summary = stats.to_dict()
+        options = getattr(segmenter.backend, "options", None)
         summary.update(path=path, backend=segmenter.backend.name,
-                       precision=segmenter.contract.precision)
+                       precision=segmenter.contract.precision,
+                       torch_options=None if options is None else options.as_kwargs())
         summaries.append(summary)
     rows = [[s["name"], scientific(s["logits"]["max_abs_diff"]) if s["logits"] else "-",
              scientific(s["logits"]["mean_abs_diff"]) if s["logits"] else "-",
              f"{s['logits']['min_cosine_similarity']:.6f}" if s["logits"] else "-",
-             percent(s["agreement"], 3, "%"), percent(s["miou_vs_reference"], 3, "%")]
+             percent(s["agreement"], 3, "%"), percent(s["decided_agreement"], 3, "%"),
+             percent(s["miou_vs_reference"], 3, "%")]
             for s in summaries]
     click.echo(f"reference: {ref_name}; inputs: {described}")
     click.echo(grid(["candidate", "max |logit diff|", "mean |logit diff|", "cosine (min)",
-                     "argmax agreement", "mIoU vs reference"], rows))
+                     "argmax agreement", "decided agreement", "mIoU vs reference"], rows))
     if any(s["logits"] is None for s in summaries):
         click.echo("note: '-' = labels-only artifact (or reference): agreement and mIoU only")
+    click.echo(f"note: decided pixels: reference top-2 margin > 2 x ({DECIDED_ATOL:g} + "
+               f"{DECIDED_RTOL:g} max|logit|), judged at the network's size; their count is "
+               "'decided_pixels' in --json")
 
     result: dict[str, Any] = {"schema": "isdnet_deploy.compare/1", "reference": ref_name,
-                              "inputs": described, "candidates": summaries}
+                              "inputs": described, "candidates": summaries,
+                              "decided_tolerance": {"atol": DECIDED_ATOL,
+                                                    "rtol": DECIDED_RTOL}}
     if accuracy:
         exclude = [c for c in prof.miou_excludes if c in ref.contract.classes]
         result["accuracy"] = _accuracy_report(accuracy, ref_name, ref.contract.classes, exclude)
@@ -193,7 +255,7 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
             image, ref_labels, cand_labels = worst[stats.name]
             written = disagreement_heatmap(ref_labels, cand_labels,
                                            _heatmap_path(heatmap_file, i, len(sides),
-                                                         others[i][0]), image=image)
+                                                         others[i][3]), image=image)
             click.echo(f"wrote {written} ({stats.worst_disagree} disagreeing pixels)")
     write_json(json_file, result)
 

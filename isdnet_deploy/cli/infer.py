@@ -21,6 +21,7 @@ from ..errors import IsdnetError
 from ..fileio import check_writable_dir
 from ..profiles import DEFAULT_PROFILE, Profile, get_profile
 from ..runtime.predictor import Predictor, TileSettings
+from ..runtime.torch_backend import TorchOptions
 from ..tables import grid, percent, points
 from .common import (
     DEVICE,
@@ -28,10 +29,13 @@ from .common import (
     REFERENCE,
     SIZE,
     check_json_path,
+    check_torch_settings,
     json_option,
     open_artifact,
     progress_option,
+    require_torch_artifact,
     show_progress,
+    torch_options,
     warn_random_weights,
     write_json,
 )
@@ -102,10 +106,12 @@ def _report_failures(report: BatchReport, what: str) -> None:
 @click.option("--overlay", "overlay_images", is_flag=True,
               help="Also write <stem>_overlay.jpg/png: class colours blended over the image.")
 @_runtime_options
+@torch_options
 def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_images: bool,
                   profile: str | None, device: str | None, threads: int | None,
                   no_scale: bool, tile: tuple[int, int] | None,
-                  max_size: tuple[int, int] | None, overlap: float, no_progress: bool) -> None:
+                  max_size: tuple[int, int] | None, overlap: float,
+                  torch_options: TorchOptions, no_progress: bool) -> None:
     """Segment JPEG/PNG/TIFF images (files or folders) with ARTIFACT.
 
     ARTIFACT is an .onnx, .engine or .pth file, or 'reference' (random weights). Each
@@ -117,9 +123,15 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
     --max-size) are tiled with overlapping, blended tiles; labels-only artifacts blend
     one-hot votes, i.e. a centre-weighted majority vote.
 
+    The --torch-* options, --channels-last and --cuda-graphs apply to a .pth or
+    'reference' ARTIFACT. Compiling happens at the first image of each new size (a second
+    size compiles once more, with symbolic sizes); CUDA graphs are captured per size.
+
     Example: isdnet-deploy infer model.onnx images/ -o out/ --overlay
     """
     tiles = tile_settings(tile, max_size, overlap)
+    require_torch_artifact(torch_options, [artifact])
+    check_torch_settings([torch_options], device)
     check_writable_dir(output)
     paths, failures, masks = collect_inputs(inputs, output,
                                             get_profile(profile) if profile else None)
@@ -134,7 +146,8 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
         report = BatchReport(total=len(failures), failures=failures)
         _report_failures(report, "inputs")
     segmenter, name = open_artifact(artifact, profile=profile, device=device,
-                                    threads=threads, scale=not no_scale)
+                                    threads=threads, scale=not no_scale,
+                                    torch_options=torch_options)
     with segmenter:
         predictor = Predictor(segmenter, tiles)
         report = BatchReport(total=len(failures), failures=list(failures))
@@ -151,6 +164,9 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
         click.echo(f"wall time {report.wall_seconds:.2f} s (files included)")
     if report.tiled:
         click.echo(f"tiled: {report.tiled} of {report.done} images (overlap {overlap})")
+    if torch_options.compiled or torch_options.cuda_graphs:
+        report.notes.append(f"{torch_options.label}: the first image at each new size "
+                            "includes compiling / capturing, so its time is not a forward's")
     for note in report.notes:
         click.echo(f"note: {note}")
     _report_failures(report, "inputs")

@@ -100,8 +100,12 @@ class ParityStats:
         disagree = int(conf.sum() - np.trace(conf))
         if disagree > self.worst_disagree:
             self.worst_index, self.worst_disagree = index, disagree
-        if tolerance is not None and ref.logits is not None and valid is None:
-            agreement, count = decided_agreement(ref.logits, cand.labels, tolerance)
+        # Decided pixels are judged where the reference's logits are: on the candidate's
+        # logits when it has them (labels may be resized back to the image's own size).
+        decided_on = cand.logits if cand.logits is not None else cand.labels
+        if (tolerance is not None and ref.logits is not None and valid is None
+                and np.shape(decided_on)[-2:] == np.shape(ref.logits)[-2:]):
+            agreement, count = decided_agreement(ref.logits, decided_on, tolerance)
             self.decided_pixels += count
             self.decided_same += round(agreement * count)
 

@@ -26,7 +26,8 @@ def load(path: str | Path | None, backend: str = "auto", device: str | None = No
 
     ``device`` defaults to CUDA for engines and the CPU otherwise. ``options`` go to the
     backend (ONNX Runtime: threads, opt_level, tensorrt_ep,
-    trt_cache, trt_fp16, contract, mem_pattern).
+    trt_cache, trt_fp16, contract, mem_pattern; torch: threads, compile, precision,
+    channels_last, cuda_graphs, see ``runtime.torch_backend``).
     """
     return Segmenter(open_backend(path, backend, device, **options), scale=scale)
 
