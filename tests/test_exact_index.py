@@ -110,4 +110,4 @@ def test_linear_taps_weights_are_pytorchs():
 def test_highest_power_of_two():
     x = torch.arange(1, 2**15)
     expected = 2 ** torch.floor(torch.log2(x.to(torch.float64))).to(torch.int64)
-    assert torch.equal(highest_power_of_two(x, 15), expected)
+    assert torch.equal(highest_power_of_two(x), expected)

@@ -27,6 +27,10 @@ from __future__ import annotations
 import torch
 
 _LIMB = 256  # the ratio's fraction is three 8-bit limbs: units of 2**-8, 2**-16, 2**-24
+_POWER_OF_TWO_BELOW = torch.tensor([1 << max(k.bit_length() - 1, 0) for k in range(1 << 15)])
+# float32's step, in units of 2**-24, for a ratio whose whole part is 0..7 (in [2**e,
+# 2**(e+1)) it is 2**(e+1)).
+_RATIO_STEP = torch.tensor([1, 2, 4, 4, 8, 8, 8, 8])
 
 
 def _div(a: torch.Tensor, b: torch.Tensor | int) -> torch.Tensor:
@@ -38,10 +42,13 @@ def _int(value: int | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(value, dtype=torch.int64)
 
 
-def highest_power_of_two(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """The largest power of two not above ``x``, for ``1 <= x < 2**bits`` (elementwise)."""
-    powers = torch.tensor([1 << k for k in range(bits)], dtype=torch.int64)
-    return torch.where(x.unsqueeze(-1) >= powers, powers, 1).amax(-1)
+def highest_power_of_two(x: torch.Tensor) -> torch.Tensor:
+    """The largest power of two not above ``x``, for ``1 <= x < 2**15`` (elementwise).
+
+    A table lookup (one Gather; the exporter stores the 256 KB table once however often it
+    is used): comparing against every power costs ~15 elementwise passes per call.
+    """
+    return _POWER_OF_TWO_BELOW[x]
 
 
 def _carry(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,8 +72,7 @@ def float32_ratio(num: int | torch.Tensor, den: int | torch.Tensor) -> list[torc
         rest = rest * _LIMB  # < 2**23
         limbs.append(torch.minimum(_div(rest, den), _int(_LIMB - 1)))  # rest < 256 * den
         rest = torch.remainder(rest, den)
-    step = torch.where(whole >= 1, 2 * highest_power_of_two(torch.maximum(whole, _int(1)), 3),
-                       _int(1))
+    step = _RATIO_STEP[whole]
     rem = torch.remainder(limbs[3], step)  # step divides 256
     excess = 2 * (rem * den + rest) - step * den  # sign of (exact remainder - step / 2)
     odd = torch.remainder(_div(limbs[3], step), 2) == 1
@@ -107,7 +113,7 @@ def round_to_float32(whole: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
     # A float32 in [2**k, 2**(k+1)) is a multiple of 2**(k-23): for whole >= 1 that is
     # highest_power_of_two(whole) * 2**(bits-23) units (at most 2**16, so it divides 2**16);
     # below 1 it is one unit or finer, except with 25 bits in [0.5, 1), where it is two.
-    above_one = highest_power_of_two(torch.maximum(whole, _int(1)), 15) * (1 << (bits - 23))
+    above_one = highest_power_of_two(whole) * (1 << (bits - 23))
     below_one = torch.where(high >= (one >> 17), _int(1 << (bits - 24)), _int(1))
     step = torch.where(whole >= 1, above_one, below_one)
     rem = torch.remainder(low, step)
@@ -122,10 +128,17 @@ def round_to_float32(whole: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
 def nearest_source(in_size: int | torch.Tensor, out_size: int | torch.Tensor,
                    index: torch.Tensor) -> torch.Tensor:
     """Source pixel of output ``index`` in PyTorch's legacy 'nearest' from ``in_size`` to
-    ``out_size``: ``min(floor(float32(index * float32(in / out))), in - 1)`` (elementwise)."""
-    ratio = float32_ratio(in_size, out_size)
-    picks, _ = round_to_float32(*times_ratio(index, ratio, 24), 24)
-    return torch.minimum(picks, _int(in_size) - 1)
+    ``out_size``: ``min(floor(float32(index * float32(in / out))), in - 1)`` (elementwise).
+
+    Only the whole part matters: float32 rounding raises it by one when the fraction is
+    within half a step of the next integer, half a step being highest_power_of_two(whole)
+    units of 2**-24 (ties go up: the integer has the even mantissa). Below 1 the step is
+    finer than the exact value's units, so nothing is raised.
+    """
+    whole, high, low = times_ratio(index, float32_ratio(in_size, out_size), 24)
+    half_step = highest_power_of_two(whole)
+    raised = (whole >= 1) & (high * 65536 + low >= (1 << 24) - half_step)
+    return torch.minimum(whole + raised.to(torch.int64), _int(in_size) - 1)
 
 
 def linear_source(in_size: int | torch.Tensor, out_size: int | torch.Tensor,
