@@ -16,6 +16,9 @@ IGNORE_INDEX = 255
 # The deep branch downsamples the quarter-size image by 8 (1/32 overall); below this an
 # input has no spatial extent left in the deep feature.
 MIN_SIZE = 32
+# The largest side a dynamic export admits: its index arithmetic is proven int32-safe (and
+# exact) up to here (export/exact_index.py, export/portability.py); tile larger images.
+MAX_SIZE = 16384
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""FastLaplacianPyramid equals the official pyramid, in PyTorch and exported to ONNX Runtime.
+"""FastLaplacianPyramid equals the official pyramid, in PyTorch and exported (ORT, OpenVINO).
 
 Run as a script (``OMP_WAIT_POLICY=PASSIVE python tests/test_fast_pyramid.py [size]``) it
 times both forms side by side at 1958x1958, in eager PyTorch and in ONNX Runtime, 2 threads.
@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 
+import consumers
 import numpy as np
 import pytest
 import torch
@@ -39,25 +40,32 @@ def _official(h: int, w: int) -> torch.Tensor:
     return LaplacianPyramid()(_image(h, w))
 
 
-def export_session(module: torch.nn.Module, trace_size: tuple[int, int]):
-    ort = pytest.importorskip("onnxruntime")
+def export_bytes(module: torch.nn.Module, trace_size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (_image(*trace_size),), buffer, dynamo=False, opset_version=17,
                           input_names=["image"], output_names=["shallow"],
                           dynamic_axes={"image": {2: "h", 3: "w"}, "shallow": {2: "h", 3: "w"}})
+    return buffer.getvalue()
+
+
+def export_session(module: torch.nn.Module, trace_size: tuple[int, int]):
+    ort = pytest.importorskip("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     # Idle threads sleep instead of spinning, so process CPU time measures work done.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(export_bytes(module, trace_size), options,
+                                providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module", params=[(96, 128), (65, 63)], ids=["traced-even", "traced-odd"])
-def session(request):
+def pyramid_onnx(request, tmp_path_factory):
     """One file per trace size: the graph must not depend on the size it was traced at."""
-    return export_session(FastLaplacianPyramid(), request.param)
+    path = tmp_path_factory.mktemp("pyramid") / "fast_pyramid.onnx"
+    path.write_bytes(export_bytes(FastLaplacianPyramid(), request.param))
+    return path
 
 
 @pytest.mark.parametrize("h,w", SIZES + NOT_A_CROP)
@@ -68,12 +76,21 @@ def test_eager_equals_official(h: int, w: int) -> None:
     assert (got - expected).abs().max().item() <= 1e-5
 
 
-def test_onnx_runtime_equals_official_at_every_size(session) -> None:
+@pytest.mark.parametrize("consumer", consumers.CONSUMERS)
+def test_exported_pyramid_equals_official_at_every_size(pyramid_onnx, consumer) -> None:
     for h, w in SIZES + NOT_A_CROP:
         expected = _official(h, w).numpy()
-        got = session.run(None, {"image": _image(h, w).numpy()})[0]
+        got = consumers.run(consumer, pyramid_onnx, {"image": _image(h, w).numpy()})
         assert got.shape == expected.shape, (h, w)
         assert np.abs(got - expected).max() <= 1e-5, (h, w)
+
+
+def test_exported_pyramid_is_int32_safe(pyramid_onnx) -> None:
+    import onnx
+
+    from isdnet_deploy.export.portability import ensure_int32_safe
+
+    ensure_int32_safe(onnx.load(str(pyramid_onnx)))
 
 
 def test_exported_graph_avoids_slow_ops() -> None:
@@ -96,9 +113,12 @@ def test_exported_graph_avoids_slow_ops() -> None:
             assert axis == 2, f"{node.name} gathers along axis {axis}"
 
 
-def test_legacy_nearest_shrink_equals_interpolate_for_every_size() -> None:
-    """The column form relies on the picks being 'keep, then skip one': check every size."""
-    for size in range(2, 8194):
+def test_legacy_nearest_shrink_equals_interpolate():
+    """The column form relies on the picks being 'keep, then skip one' (checked for every
+    size in test_exact_index); here the whole function, on every size up to 300 and a spread
+    of larger ones across the tail that starts at 3227."""
+    sizes = [*range(2, 301), *range(301, 16385, 409), 3226, 3227, 3229, 8193, 16383, 16384]
+    for size in sizes:
         for length in {size, 2 * ((size + 1) // 2)}:
             x = torch.arange(length, dtype=torch.float32).view(1, 1, 1, length)
             expected = F.interpolate(x, size=(1, size))

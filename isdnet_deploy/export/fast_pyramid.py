@@ -17,6 +17,8 @@ Two steps are written out because the standard ONNX ops round differently from P
 odd-size legacy 'nearest' (``legacy_nearest_shrink``, always, since a traced size test
 would freeze the branch taken at the export size) and, under ONNX export, the bilinear
 enlargement of level 1 (``bilinear_enlarge``; ONNX Resize is off by up to ~3e-4 at odd sizes).
+Their indices and weights come from ``exact_index``: integer arithmetic that stays inside
+int32 and reproduces PyTorch's float32 rounding on every consumer.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .exact_index import linear_taps, nearest_picks
+
 _BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)
 # Polyphase taps over the padded down-sampled row d[k-1], d[k], d[k+1].
 _EVEN_PHASE = (1.0 / 8.0, 6.0 / 8.0, 1.0 / 8.0)
 _ODD_PHASE = (0.0, 4.0 / 8.0, 4.0 / 8.0)
-_MANTISSA = 2**24
 
 
 def _up_kernel(channels: int) -> torch.Tensor:
@@ -39,55 +42,24 @@ def _up_kernel(channels: int) -> torch.Tensor:
     return kernels.repeat(channels, 1, 1).view(4 * channels, 1, 3, 3)
 
 
-def _float32(value: int | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(value, dtype=torch.float32)
-
-
 def legacy_nearest_shrink(x: torch.Tensor, dim: int, size: int | torch.Tensor) -> torch.Tensor:
     """PyTorch's legacy 'nearest' from ``size`` or ``size + 1`` down to ``size`` along ``dim``.
 
-    PyTorch picks ``floor(i * float32(in / size))``. Rows are gathered (whole rows are block
-    copies). ONNX Runtime gathers on the last axis element by element, ~20x slower than a
-    copy, so columns use the shape of the picks instead: ``i`` up to some ``m``, then
+    PyTorch picks ``floor(float32(i * float32(in / size)))``. Rows are gathered (whole rows
+    are block copies). ONNX Runtime gathers on the last axis element by element, ~20x slower
+    than a copy, so columns use the shape of the picks instead: ``i`` up to some ``m``, then
     ``i + 1`` (from ``size`` = 3227 on, float32 rounding pushes a tail of indices up by one;
     checked for every size up to 65536), i.e. ``x`` without column ``m``.
     """
     if dim != x.dim() - 1:
-        picked = _legacy_picks(x.shape[dim], size)
-        return x.index_select(dim, torch.minimum(picked, torch.as_tensor(x.shape[dim]) - 1))
+        return x.index_select(dim, nearest_picks(x.shape[dim], size))
     kept = _kept(x.shape[dim], size)
     return torch.cat([x[..., :kept], x[..., kept + 1:size + 1]], dim)
 
 
-def _legacy_picks(length: int | torch.Tensor, size: int | torch.Tensor) -> torch.Tensor:
-    # Truncation is floor here (non-negative values); torch.floor is oddly slow on CPU.
-    scale = _float32(length) / _float32(size)
-    return (torch.arange(size, dtype=torch.float32) * scale).to(torch.int64)
-
-
 def _kept(length: int | torch.Tensor, size: int | torch.Tensor) -> torch.Tensor:
     """How many leading indices legacy 'nearest' from ``length`` to ``size`` keeps in place."""
-    return (_legacy_picks(length, size) == torch.arange(size)).sum()
-
-
-def _linear_taps(in_size: int | torch.Tensor, out_size: int | torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices and weights of PyTorch's bilinear (align_corners=False), bit for bit.
-
-    PyTorch's AVX2/AVX-512 CPU kernels compute ``(i + 0.5) * float32(in / out) - 0.5`` with one
-    rounding (a fused multiply-add; its scalar fallback rounds twice and differs). For a ratio
-    in [0.5, 1] that scale is ``M / 2**24`` with an integer ``M``, so the exact value is the
-    integer ``(2i + 1) * M - 2**24`` times ``2**-25``: one int64 -> float32 cast rounds it as
-    the fused multiply-add does.
-    """
-    last = torch.as_tensor(in_size) - 1
-    mantissa = (_float32(in_size) / _float32(out_size) * _MANTISSA).to(torch.int64)
-    exact = (2 * torch.arange(out_size) + 1) * mantissa - _MANTISSA
-    source = torch.clamp(exact.to(torch.float32) * (0.5 / _MANTISSA), min=0.0)
-    first = torch.minimum(source.to(torch.int64), last)
-    second = torch.minimum(first + 1, last)
-    weight = torch.clamp(source - first.to(torch.float32), 0.0, 1.0)
-    return first, second, 1.0 - weight, weight
+    return (nearest_picks(length, size) == torch.arange(size)).sum()
 
 
 def bilinear_enlarge(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -96,8 +68,8 @@ def bilinear_enlarge(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> tor
     Columns are interpolated on the transposed (small) tensor so that every gather picks
     whole rows, which ONNX Runtime copies as blocks.
     """
-    cols = _lerp_rows(x.transpose(2, 3), _linear_taps(x.shape[3], size[1]))
-    return _lerp_rows(cols.transpose(2, 3), _linear_taps(x.shape[2], size[0]))
+    cols = _lerp_rows(x.transpose(2, 3), linear_taps(x.shape[3], size[1]))
+    return _lerp_rows(cols.transpose(2, 3), linear_taps(x.shape[2], size[0]))
 
 
 def _lerp_rows(x: torch.Tensor, taps: tuple[torch.Tensor, ...]) -> torch.Tensor:

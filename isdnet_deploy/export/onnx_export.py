@@ -35,8 +35,9 @@ from ..contract import (
 )
 from ..errors import IsdnetError, missing
 from ..fileio import atomic_output, check_output_path
-from ..profiles import MIN_SIZE, get_profile, profile_for_classes
+from ..profiles import MAX_SIZE, MIN_SIZE, get_profile, profile_for_classes
 from .graph import DeployGraph
+from .portability import ensure_int32_safe
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,9 @@ def check_export_options(pyramid: str, input_kind: str, output_kind: str, labels
         raise IsdnetError("a static export needs --size HxW")
     if size is not None and min(size) < MIN_SIZE:
         raise IsdnetError(f"size {size[0]}x{size[1]} is below the minimum {MIN_SIZE}x{MIN_SIZE}")
+    if size is not None and max(size) > MAX_SIZE:
+        raise IsdnetError(f"size {size[0]}x{size[1]} exceeds the largest supported side "
+                          f"{MAX_SIZE}; export at most that and tile larger images")
     if not dynamic and verify_size is not None and tuple(verify_size) != tuple(size):
         raise IsdnetError(f"a static {size[0]}x{size[1]} model only runs at that size; drop "
                           f"--verify-size or make it equal to --size")
@@ -279,8 +283,8 @@ def _trace_to_onnx(graph: DeployGraph, path: str, contract: Contract, example: t
         else:
             dynamic_shapes = None
             if contract.dynamic:
-                dims = {"height": torch.export.Dim("height", min=MIN_SIZE, max=16384),
-                        "width": torch.export.Dim("width", min=MIN_SIZE, max=16384)}
+                dims = {"height": torch.export.Dim("height", min=MIN_SIZE, max=MAX_SIZE),
+                        "width": torch.export.Dim("width", min=MIN_SIZE, max=MAX_SIZE)}
                 specs = {spec.name: spec for spec in contract.inputs}
                 dynamic_shapes = tuple(
                     {i: dims[d] for i, d in enumerate(specs[name].shape) if isinstance(d, str)}
@@ -315,6 +319,9 @@ def _finalise_proto(path: str, contract: Contract, simplify: bool) -> None:
         import onnxslim
 
         proto = onnxslim.slim(proto)
+    # Portable by construction: every integer tensor provably fits int32 (OpenVINO's CPU
+    # plugin and TensorRT narrow int64); raises for a graph that may overflow.
+    ensure_int32_safe(proto)
     _name_output_dims(proto, contract)
     embed_in_onnx(proto, contract)
     proto.producer_name = "isdnet-deploy"

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..export.exact_index import nearest_picks
+
 
 class ConvBNReLU(nn.Module):
     """mmcv's ConvModule as ISDNet configures it: bias-free conv, BatchNorm, optional ReLU.
@@ -31,22 +33,13 @@ class ConvBNReLU(nn.Module):
 def legacy_nearest(x: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
     """``F.interpolate(x, size)`` with no mode, as the official code calls it.
 
-    PyTorch picks source pixel ``floor(i * float32(in / out))``. ONNX Resize computes
-    ``i / float32(out / in)`` instead, which rounds the other way at some sizes (1002 -> 250
-    is one), so under ONNX export the same float32 arithmetic is written out as a gather.
+    PyTorch picks source pixel ``floor(float32(i * float32(in / out)))``. ONNX Resize
+    computes ``i / float32(out / in)`` instead, which rounds the other way at some sizes
+    (1002 -> 250 is one), so under ONNX export the picks are gathered, computed in int32-safe
+    integer arithmetic that reproduces PyTorch's rounding on every consumer.
     """
     if not torch.onnx.is_in_onnx_export():
         return F.interpolate(x, size=size)
-    rows = _nearest_index(x.shape[2], size[0], x.device)
-    cols = _nearest_index(x.shape[3], size[1], x.device)
+    rows = nearest_picks(x.shape[2], size[0])
+    cols = nearest_picks(x.shape[3], size[1])
     return x.index_select(2, rows).index_select(3, cols)
-
-
-def _nearest_index(in_size: int | torch.Tensor, out_size: int | torch.Tensor,
-                   device: torch.device) -> torch.Tensor:
-    in_f = torch.as_tensor(in_size, dtype=torch.float32, device=device)
-    out_f = torch.as_tensor(out_size, dtype=torch.float32, device=device)
-    scale = in_f / out_f
-    index = torch.arange(out_size, device=device, dtype=torch.float32) * scale
-    last = torch.as_tensor(in_size, device=device, dtype=torch.int64) - 1
-    return torch.minimum(index.floor().to(torch.int64), last)
