@@ -162,7 +162,7 @@ def _run_by_c_library_tests(block: Block, folder: Path) -> None:
     exactly these blocks (its session build runs the cmake line, and
     test_readme_program_builds_with_pkg_config_and_runs_without_ld_library_path the program
     and its commands), so they are not built a second time here."""
-    from test_c_library import readme_blocks as c_section_blocks
+    from c_support import readme_blocks as c_section_blocks
 
     assert (block.language, block.text) in c_section_blocks()
 
