@@ -14,7 +14,6 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -213,12 +212,10 @@ def test_logits_to_labels_equals_python_runtime(c_build, tmp_path):
 
 
 def test_generated_colours_equal_infer_overlay_palette(c_build):
-    from isdnet_deploy.runtime.batch import palette_of
-
     from isdnet_deploy.contract import Contract
 
     contract = Contract(inputs=[], outputs=[], classes=[str(k) for k in range(60)])
-    expected = palette_of(SimpleNamespace(contract=contract))
+    expected = contract.display_palette()  # the colours infer --overlay uses
     out = run([str(c_build.programs / "check_internals"), "colors", "60"], c_build.work).stdout
     assert [list(map(int, line.split())) for line in out.splitlines()] == expected
 
@@ -232,8 +229,6 @@ def _read_contract(c_build: CBuild, path: Path, text: str | bytes) -> str:
 
 
 def test_contract_reader_agrees_with_python(c_build, embedding_onnx_model, tmp_path):
-    from isdnet_deploy.runtime.batch import palette_of
-
     from isdnet_deploy import runtime
     from isdnet_deploy.contract import Contract
 
@@ -241,13 +236,13 @@ def test_contract_reader_agrees_with_python(c_build, embedding_onnx_model, tmp_p
     data = json.loads(contract.to_json())
     data["classes"] = ["unknown", "urbain \u00e9t\u00e9", "smile \U0001f600", 'q"uote\\',
                        *data["classes"][4:]]
-    data["palette"] = data["palette"][:5]  # the rest generated, as palette_of does
+    data["palette"] = data["palette"][:5]  # the rest generated, as display_palette does
     data["fixed_size"] = [300, 200]
     data["dynamic"] = False
     read = json.loads(_read_contract(c_build, tmp_path / "c.json", json.dumps(data)))
     expected = Contract.from_dict(data)
     assert read["classes"] == expected.classes
-    assert read["palette"] == palette_of(SimpleNamespace(contract=expected))
+    assert read["palette"] == expected.display_palette()
     # Printed with 9 significant digits, which round-trip a float32.
     np.testing.assert_array_equal(np.float32(read["mean"]), np.float32(expected.mean))
     np.testing.assert_array_equal(np.float32(read["std"]), np.float32(expected.std))
