@@ -410,6 +410,14 @@ static GstFlowReturn gst_isdnet_seg_transform_frame(GstVideoFilter *filter, GstV
         GST_OBJECT_UNLOCK(self);
         blend(self, alpha, in, out);
     }
+    /* The bytes that pad each output row (GStreamer aligns rows to 4 bytes) are zeroed, so
+     * that no stale memory of the buffer pool goes downstream (into files, for instance). */
+    gsize used = (gsize)width * (labels_out ? 1 : 3);
+    if ((gsize)out_stride > used) {
+        guint8 *rows = GST_VIDEO_FRAME_PLANE_DATA(out, 0);
+        for (gint y = 0; y < height; y++)
+            memset(rows + (gsize)y * (gsize)out_stride + used, 0, (gsize)out_stride - used);
+    }
     self->frames++;
     self->predict_us += spent;
     GST_DEBUG_OBJECT(self, "frame %" G_GUINT64_FORMAT " done: %dx%d, %.1f ms in isd_predict",
