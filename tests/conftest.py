@@ -1,4 +1,5 @@
-"""Shared fixtures: a random-weight reference model and a checkpoint with official keys."""
+"""Shared fixtures: a random-weight reference model, a checkpoint with official keys, ONNX
+exports, the C build."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from c_support import CBuild, build_c
 from helpers import official_state_dict
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -52,6 +54,13 @@ def embedding_onnx_model(model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "isdnet_u8_labels.onnx"
     export_onnx(model, path, input="uint8", output="labels", verify_size=(96, 128))
     return path
+
+
+@pytest.fixture(scope="session")
+def c_build(tmp_path_factory) -> CBuild:
+    """c/ built and installed once per session as the README says, plus its test programs
+    (tests/c_support.py); used by the C library and GStreamer tests."""
+    return build_c(tmp_path_factory.mktemp("c"))
 
 
 @pytest.fixture(scope="session")

@@ -3,28 +3,25 @@ Python runtime, safe to share between threads, strict with bad input, valgrind-c
 
 The library is built once per session into a temporary prefix, exactly as the README's
 "Embedding in C" section says (its C API header downloaded, SHA-256 pinned), then again
-with its test programs (c/tests/), which these tests drive.
+with its test programs (c/tests/), which these tests drive: the session fixture c_build
+(tests/conftest.py, tests/c_support.py), shared with tests/test_gstreamer.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from c_support import MISSING_TOOLS, CBuild, readme_blocks, run
 
 from isdnet_deploy.data.samples import photo_like
 
 ROOT = Path(__file__).resolve().parents[1]
-MISSING_TOOLS = [tool for tool in ("cmake", "cc") if shutil.which(tool) is None]
 pytestmark = pytest.mark.skipif(
     bool(MISSING_TOOLS), reason=f"{' and '.join(MISSING_TOOLS)} not found: the C library "
     "cannot be built here (install CMake and a C compiler; CI has them)")
@@ -32,45 +29,6 @@ pytestmark = pytest.mark.skipif(
 # Odd and even sides, a wide image, a tall one; DeepGlobe's 0.8 scale makes them odder.
 SIZES = [(97, 131), (160, 120), (75, 203)]
 ISD_ERR_FILE, ISD_ERR_MODEL, ISD_ERR_CONTRACT, ISD_ERR_UNSUPPORTED = 2, 3, 4, 5
-
-
-def readme_blocks(title: str = "Embedding in C") -> list[tuple[str, str]]:
-    """(language, code) of the fenced blocks of one README section, in order."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
-
-
-def run(command: list[str] | str, cwd: Path, timeout: float = 600, check: bool = True,
-        **kwargs) -> subprocess.CompletedProcess:
-    """A program with a clean loader environment (no LD_LIBRARY_PATH)."""
-    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    env.update(kwargs.pop("env", {}))
-    shell = ["bash", "-euo", "pipefail", "-c", command] if isinstance(command, str) else command
-    result = subprocess.run(shell, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n"
-                             f"{result.stderr}")
-    return result
-
-
-@dataclass
-class CBuild:
-    work: Path  # the README's current folder: c/ linked in, build/c, isdnet-c
-    prefix: Path
-    programs: Path
-
-
-@pytest.fixture(scope="session")
-def c_build(tmp_path_factory) -> CBuild:
-    work = tmp_path_factory.mktemp("c")
-    (work / "c").symlink_to(ROOT / "c")
-    (language, build_command), *_ = readme_blocks()
-    assert language == "bash" and build_command.startswith("cmake -S c -B ")
-    run(build_command, work)
-    run("cmake -S c -B build/c -DISDNET_BUILD_TESTS=ON && cmake --build build/c -j2", work)
-    return CBuild(work, work / "isdnet-c", work / "build" / "c")
 
 
 def write_ppm(path: Path, image: np.ndarray) -> Path:
@@ -254,12 +212,10 @@ def test_logits_to_labels_equals_python_runtime(c_build, tmp_path):
 
 
 def test_generated_colours_equal_infer_overlay_palette(c_build):
-    from isdnet_deploy.runtime.batch import palette_of
-
     from isdnet_deploy.contract import Contract
 
     contract = Contract(inputs=[], outputs=[], classes=[str(k) for k in range(60)])
-    expected = palette_of(SimpleNamespace(contract=contract))
+    expected = contract.display_palette()  # the colours infer --overlay uses
     out = run([str(c_build.programs / "check_internals"), "colors", "60"], c_build.work).stdout
     assert [list(map(int, line.split())) for line in out.splitlines()] == expected
 
@@ -273,8 +229,6 @@ def _read_contract(c_build: CBuild, path: Path, text: str | bytes) -> str:
 
 
 def test_contract_reader_agrees_with_python(c_build, embedding_onnx_model, tmp_path):
-    from isdnet_deploy.runtime.batch import palette_of
-
     from isdnet_deploy import runtime
     from isdnet_deploy.contract import Contract
 
@@ -282,13 +236,13 @@ def test_contract_reader_agrees_with_python(c_build, embedding_onnx_model, tmp_p
     data = json.loads(contract.to_json())
     data["classes"] = ["unknown", "urbain \u00e9t\u00e9", "smile \U0001f600", 'q"uote\\',
                        *data["classes"][4:]]
-    data["palette"] = data["palette"][:5]  # the rest generated, as palette_of does
+    data["palette"] = data["palette"][:5]  # the rest generated, as display_palette does
     data["fixed_size"] = [300, 200]
     data["dynamic"] = False
     read = json.loads(_read_contract(c_build, tmp_path / "c.json", json.dumps(data)))
     expected = Contract.from_dict(data)
     assert read["classes"] == expected.classes
-    assert read["palette"] == palette_of(SimpleNamespace(contract=expected))
+    assert read["palette"] == expected.display_palette()
     # Printed with 9 significant digits, which round-trip a float32.
     np.testing.assert_array_equal(np.float32(read["mean"]), np.float32(expected.mean))
     np.testing.assert_array_equal(np.float32(read["std"]), np.float32(expected.std))

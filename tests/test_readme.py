@@ -169,15 +169,25 @@ def _run_by_c_library_tests(block: Block, folder: Path) -> None:
     exactly these blocks (its session build runs the cmake line, and
     test_readme_program_builds_with_pkg_config_and_runs_without_ld_library_path the program
     and its commands), so they are not built a second time here."""
-    from test_c_library import readme_blocks as c_section_blocks
+    from c_support import readme_blocks as c_section_blocks
 
     assert (block.language, block.text) in c_section_blocks()
+
+
+def _run_by_gstreamer_tests(block: Block, folder: Path) -> None:
+    """The "In a GStreamer pipeline" block needs the plugin that the C build installs:
+    tests/test_gstreamer.py (test_readme_gstreamer_commands_run) runs exactly this block in the
+    session build's folder, so it is not built a second time here."""
+    from c_support import readme_blocks as section_blocks
+
+    assert (block.language, block.text) in section_blocks("In a GStreamer pipeline")
 
 
 RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "cmake -S c -B build/c": _run_by_c_library_tests,
     "/* classes.c:": _run_by_c_library_tests,
     'export PKG_CONFIG_PATH="$PWD/isdnet-c/lib/pkgconfig"': _run_by_c_library_tests,
+    'export GST_PLUGIN_PATH="$PWD/isdnet-c/lib/gstreamer-1.0"': _run_by_gstreamer_tests,
     "pip install -c constraints.txt -e . && isdnet-deploy demo": _start_demo,
     "pip install -c constraints.txt -e '.[test]' && ruff check . && python -m pytest -q":
         _start_tests,
