@@ -390,9 +390,10 @@ def graph_mismatches(contract: Contract, inputs: Iterable[Mapping[str, Any]],
     ``inputs``/``outputs`` are the graph's tensors as ``{"name", "dtype", "shape"}``
     (numpy dtype names; shape a list of ints for fixed dims, anything else for symbolic
     ones, or None when the rank is unknown). Compared: names both ways, dtypes, ranks,
-    fixed dims (two different numbers, or a number where the contract declares a dynamic
-    dim), and the class channels of outputs. A symbolic graph dim is only less specific
-    than a number, so it never disagrees. Any backend can call this with what its engine
+    fixed dims (two different numbers) and the class channels of outputs. A symbolic dim on
+    either side never disagrees here: a graph may fix what its contract leaves open (shape
+    inference can), and what a run returns is checked against the contract on every run
+    (``runtime.backend.check_outputs``). Any backend can call this with what its engine
     reports.
     """
     problems = []
@@ -433,9 +434,6 @@ def _dim_mismatches(role: str, spec: TensorSpec, shape: list[Any], classes: int)
         elif isinstance(want, int):
             problems.append(f"{role} {spec.name!r} has shape {shape} in the graph but "
                             f"{spec.shape} in the contract")
-        else:
-            problems.append(f"{role} {spec.name!r} axis {axis} is fixed at {got} in the graph "
-                            f"but follows {want!r} in the contract")
     return problems
 
 

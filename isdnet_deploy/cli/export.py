@@ -21,6 +21,8 @@ from ..contract import (
     DEFAULT_OPSET,
     EXPORTERS,
     INPUT_KINDS,
+    MAX_CLASSES,
+    MAX_WIDE_CLASSES,
     METADATA_KEY,
     OUTPUT_KINDS,
     PYRAMID_MODES,
@@ -155,8 +157,9 @@ def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out:
     if checkpoint:
         from ..model.checkpoint import load_model
 
+        wide = output_kind == "labels" and labels_dtype == "int32"  # the palette rule
         with _step(f"loading {checkpoint}", shown):
-            model = load_model(checkpoint)
+            model = load_model(checkpoint, max_classes=MAX_WIDE_CLASSES if wide else MAX_CLASSES)
         source = f"checkpoint {checkpoint}"
     else:
         from ..model.checkpoint import build_model
