@@ -23,8 +23,10 @@ from .common import (
     SIZE,
     check_json_path,
     json_option,
+    max_pixels_option,
     open_artifact,
     output_file,
+    printable,
     progress_option,
     show_progress,
     write_json,
@@ -39,8 +41,9 @@ class _Input:
 
 
 def _inputs(images: str | None, labels: str | None, random: int, hw: tuple[int, int],
-            prof: Profile) -> tuple[list[_Input], str]:
-    """The inputs to compare on, and a description of them."""
+            prof: Profile, max_pixels: int) -> tuple[list[_Input], str]:
+    """The inputs to compare on, and a description of them; image files are checked
+    against the pixel budget ``max_pixels`` before they are decoded."""
     from ..data.datasets import load_mask, pair_files
     from ..data.images import read_image
     from ..data.samples import photo_like
@@ -49,14 +52,15 @@ def _inputs(images: str | None, labels: str | None, random: int, hw: tuple[int, 
         if images is None:
             raise IsdnetError("--labels needs --images (the images the masks belong to)")
         pairs, _, _ = pair_files(images, labels, prof)
-        return ([_Input(p.image.name, lambda p=p: read_image(p.image),
-                        lambda p=p: load_mask(p.label, prof)) for p in pairs],
+        return ([_Input(p.image.name, lambda p=p: read_image(p.image, max_pixels=max_pixels),
+                        lambda p=p: load_mask(p.label, prof, max_pixels)) for p in pairs],
                 f"{len(pairs)} image/mask pairs from {images}")
     if images is not None:
         from ..data.datasets import list_images, split_masks
 
         files, _ = split_masks(list_images(images), prof)
-        return ([_Input(f.name, lambda f=f: read_image(f)) for f in files],
+        return ([_Input(f.name, lambda f=f: read_image(f, max_pixels=max_pixels))
+                 for f in files],
                 f"{len(files)} images from {images}")
     if random < 1:
         raise IsdnetError("--random must be 1 or more when no --images are given")
@@ -107,11 +111,12 @@ def _heatmap_path(base: Path, index: int, count: int, name: str) -> Path:
               help="PNG of where each candidate's labels differ from the reference's (on the "
                    "input where they differ most); one file per candidate when several.")
 @json_option("all figures")
+@max_pixels_option
 @progress_option
 def compare_command(reference_path: str, candidates: tuple[str, ...], random_count: int,
                     images: str | None, labels: str | None, size: tuple[int, int] | None,
                     profile: str, device: str, threads: int | None, heatmap: str | None,
-                    json_path: str | None, no_progress: bool) -> None:
+                    json_path: str | None, max_pixels: int, no_progress: bool) -> None:
     """How closely each CANDIDATE reproduces REFERENCE (a .pth checkpoint, the word
     'reference' for the random-weights model, or any artifact): max/mean |logit diff|,
     cosine similarity, argmax agreement and mIoU of its labels against the reference's.
@@ -127,7 +132,7 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
     hw = size or prof.test_size
     json_file = check_json_path(json_path)
     heatmap_file = output_file(heatmap, ".png")
-    inputs, described = _inputs(images, labels, random_count, hw, prof)
+    inputs, described = _inputs(images, labels, random_count, hw, prof, max_pixels)
     scale = images is not None
 
     with contextlib.ExitStack() as stack:
@@ -150,8 +155,8 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
                     for name in [ref_name, *(name for name, _ in sides)]} if labels else {}
         worst: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-        click.echo(f"comparing {len(sides)} candidate(s) with {ref_name} on {described}",
-                   err=True)
+        click.echo(printable(f"comparing {len(sides)} candidate(s) with {ref_name} on "
+                             f"{described}"), err=True)
         for item in tqdm(inputs, desc="compare", unit="input",
                          disable=not show_progress(no_progress)):
             image = item.load_image()
@@ -175,9 +180,9 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
              f"{s['logits']['min_cosine_similarity']:.6f}" if s["logits"] else "-",
              percent(s["agreement"], 3, "%"), percent(s["miou_vs_reference"], 3, "%")]
             for s in summaries]
-    click.echo(f"reference: {ref_name}; inputs: {described}")
-    click.echo(grid(["candidate", "max |logit diff|", "mean |logit diff|", "cosine (min)",
-                     "argmax agreement", "mIoU vs reference"], rows))
+    click.echo(printable(f"reference: {ref_name}; inputs: {described}"))
+    click.echo(printable(grid(["candidate", "max |logit diff|", "mean |logit diff|",
+                               "cosine (min)", "argmax agreement", "mIoU vs reference"], rows)))
     if any(s["logits"] is None for s in summaries):
         click.echo("note: '-' = labels-only artifact (or reference): agreement and mIoU only")
 
@@ -192,7 +197,8 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
             written = disagreement_heatmap(ref_labels, cand_labels,
                                            _heatmap_path(heatmap_file, i, len(sides),
                                                          others[i][0]), image=image)
-            click.echo(f"wrote {written} ({stats.worst_disagree} disagreeing pixels)")
+            click.echo(printable(f"wrote {written} ({stats.worst_disagree} disagreeing "
+                                 "pixels)"))
     write_json(json_file, result)
 
 
@@ -206,12 +212,12 @@ def _accuracy_report(accuracy: dict, ref_name: str, class_names: list[str],
              percent(s["mean_f1"], 3, "%"), percent(s["pixel_accuracy"], 3, "%")]
             for name, s in scored.items()]
     click.echo(f"accuracy against the ground truth (mIoU over {', '.join(base['evaluated'])}):")
-    click.echo(grid(["backend", "mIoU", "ΔmIoU (points)", "mF1", "pixel acc"], rows))
+    click.echo(printable(grid(["backend", "mIoU", "ΔmIoU (points)", "mF1", "pixel acc"], rows)))
     names = list(scored)
     per_class = [[c, *(percent(scored[n]["classes"][c]["iou"], 3, "%") for n in names)]
                  for c in class_names]
     click.echo(grid(["class IoU", *(f"[{i}]" for i in range(len(names)))], per_class))
-    click.echo("  " + "; ".join(f"[{i}] {n}" for i, n in enumerate(names)))
+    click.echo(printable("  " + "; ".join(f"[{i}] {n}" for i, n in enumerate(names))))
     return {"backends": scored,
             "delta_vs_reference": {n: {k: s[k] - base[k] for k in
                                        ("miou", "mean_f1", "pixel_accuracy")}

@@ -328,10 +328,12 @@ def _rasterio() -> Any:
 
 @contextlib.contextmanager
 def _gdal(path: Path, what: str) -> Iterator[Any]:
-    """rasterio with GDAL's block cache bounded, and GDAL's errors as one line."""
+    """rasterio with GDAL's block cache bounded, and GDAL's errors as one line (a plain
+    TIFF, without georeference, is read and written as such, without a warning)."""
     rasterio = _rasterio()
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB):
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB), warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             yield rasterio
     except rasterio.errors.RasterioError as exc:
         raise IsdnetError(f"cannot read {what} {path}: {one_line(exc)}") from exc
