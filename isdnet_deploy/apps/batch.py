@@ -23,6 +23,11 @@ T = TypeVar("T")
 class Failure:
     item: str
     message: str
+    cli: str | None = None  # the command-line wording, where it differs (IsdnetError.cli)
+
+    @classmethod
+    def of(cls, item: str, error: IsdnetError) -> Failure:
+        return cls(item, str(error), error.cli)
 
 
 def timing_summary(seconds: Sequence[float]) -> dict[str, float | int]:
@@ -51,7 +56,8 @@ class BatchReport:
         return timing_summary(self.timings.get(name, []))
 
     def failure_lines(self) -> list[str]:
-        return [f"  {f.item}: {f.message}" for f in self.failures]
+        """One line per failure, in command-line wording."""
+        return [f"  {f.item}: {f.cli or f.message}" for f in self.failures]
 
 
 def run_batch(items: Sequence[T], work: Callable[[T], Mapping[str, float]], *,
@@ -73,7 +79,7 @@ def run_batch(items: Sequence[T], work: Callable[[T], Mapping[str, float]], *,
         try:
             seconds = work(item)
         except IsdnetError as exc:
-            report.failures.append(Failure(label(item), str(exc)))
+            report.failures.append(Failure.of(label(item), exc))
         except OSError as exc:
             report.failures.append(Failure(label(item), f"{exc.strerror or exc} "
                                                         f"({exc.filename or 'file'})"))
@@ -81,7 +87,7 @@ def run_batch(items: Sequence[T], work: Callable[[T], Mapping[str, float]], *,
             error = engine_error(exc)
             if error is None:
                 raise
-            report.failures.append(Failure(label(item), str(error)))
+            report.failures.append(Failure.of(label(item), error))
         else:
             report.done += 1
             for name, value in seconds.items():

@@ -83,7 +83,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike[str]], out_dir: str | os.Pa
             try:
                 files, masks = split_masks(list_images(path), profile)
             except IsdnetError as exc:
-                failures.append(Failure(str(path), str(exc)))
+                failures.append(Failure.of(str(path), exc))
                 continue
             skipped += masks
             if path.resolve() == out:
