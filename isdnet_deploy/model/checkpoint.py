@@ -258,7 +258,8 @@ def scan_checkpoint(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> 
     source = str(path)
     _check_file(path)
     size = path.stat().st_size
-    budget = f"the {max_bytes / MIB:.0f} MiB a checkpoint may take (max_bytes=)"
+    budget = (f"the {max_bytes / MIB:.0f} MiB a checkpoint may take (load_model's max_bytes= "
+              "raises it for a genuine file)")
     if size > max_bytes:
         raise IsdnetError(f"{source} is {size / MIB:.0f} MiB, more than {budget}")
     try:
