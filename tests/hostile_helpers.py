@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from isdnet_deploy.contract import Contract, TensorSpec, embed_in_onnx
 from isdnet_deploy.profiles import DEEPGLOBE
+from isdnet_deploy.runtime.backend import Backend
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = DEEPGLOBE.num_classes
@@ -167,3 +168,28 @@ def run_capped(code: str, limit_mib: int, timeout: int = 300) -> dict:
         result = {}
     result.update(returncode=done.returncode, stderr=done.stderr, stdout=done.stdout)
     return result
+
+
+# --- a backend whose output depends on the tile's context -----------------------------------
+
+class ContextBackend(Backend):
+    """Per-pixel scores plus a term from the whole input's mean, so that tiling and
+    blending change the labels (as ISDNet's global context does), in milliseconds."""
+
+    name = "context"
+
+    def __init__(self, output_kind: str = "logits", **contract_changes) -> None:
+        if output_kind == "labels":
+            contract_changes.update(output_kind="labels", outputs=[
+                TensorSpec("labels", "uint8", "HW", ["height", "width"])])
+        super().__init__(tiny_contract(**contract_changes))
+
+    def _run(self, feeds, out):
+        x = feeds["image"][0]
+        logits = np.einsum("kc,chw->khw", WEIGHTS[:, :, 0, 0], x)
+        logits += 3.0 * np.sin(np.arange(CLASSES, dtype=np.float32)
+                               * float(x.mean()) * 7.0)[:, None, None]
+        logits = logits[None].astype(np.float32)
+        if self.contract.output_kind == "labels":
+            return {"labels": logits[0].argmax(0).astype(np.uint8)}
+        return {"logits": logits}
