@@ -193,3 +193,20 @@ class ContextBackend(Backend):
         if self.contract.output_kind == "labels":
             return {"labels": logits[0].argmax(0).astype(np.uint8)}
         return {"logits": logits}
+
+
+def refusal_under_cap(module: str, function: str, path: Path, limit_mib: int) -> dict:
+    """Call ``module.function(path)`` in a fresh process under an address-space cap:
+    {'outcome': the IsdnetError's message (or 'succeeded'), 'peak_mib', 'returncode'}."""
+    return run_capped(f"""
+        import json, resource
+        from {module} import {function}
+        from isdnet_deploy.errors import IsdnetError
+        try:
+            {function}({str(path)!r})
+            outcome = "succeeded"
+        except IsdnetError as exc:
+            outcome = str(exc)
+        print(json.dumps({{"outcome": outcome, "peak_mib":
+                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}}))
+    """, limit_mib)

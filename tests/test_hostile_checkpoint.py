@@ -8,7 +8,7 @@ import zipfile
 import pytest
 import torch
 from helpers import official_state_dict
-from hostile_helpers import run_capped
+from hostile_helpers import refusal_under_cap
 
 from isdnet_deploy.errors import IsdnetError
 from isdnet_deploy.model import checkpoint
@@ -43,18 +43,7 @@ def test_stride_zero_classifier_is_refused_before_anything_is_allocated(tmp_path
     hostile = dict(state)
     hostile[CLASSIFIER_KEY] = torch.zeros(1, 128, 1, 1).expand(100_000_000, 128, 1, 1)
     path = save(tmp_path / "stride0.pth", hostile)
-    result = run_capped(f"""
-        import json, resource
-        from isdnet_deploy.model.checkpoint import load_model
-        from isdnet_deploy.errors import IsdnetError
-        try:
-            load_model({str(path)!r})
-            outcome = "loaded"
-        except IsdnetError as exc:
-            outcome = str(exc)
-        print(json.dumps({{"outcome": outcome, "peak_mib":
-                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}}))
-    """, limit_mib=3072)
+    result = refusal_under_cap("isdnet_deploy.model.checkpoint", "load_model", path, 3072)
     assert result["returncode"] == 0, result["stderr"]
     assert "declares shape (100000000, 128, 1, 1) over a storage of 128" in result["outcome"]
     assert result["peak_mib"] < 1024

@@ -12,7 +12,7 @@ import pytest
 from hostile_helpers import (
     jpeg_declaring,
     png_declaring,
-    run_capped,
+    refusal_under_cap,
     set_tiff_tags,
     tiny_onnx,
     write_geotiff,
@@ -71,18 +71,7 @@ def test_refusal_allocates_nothing_under_an_address_space_cap(tmp_path):
     the interpreter and its imports."""
     path = tmp_path / "bomb.jpg"
     path.write_bytes(jpeg_declaring(32000, 32000))
-    result = run_capped(f"""
-        import json, resource
-        from isdnet_deploy.data.images import read_image
-        from isdnet_deploy.errors import IsdnetError
-        try:
-            read_image({str(path)!r})
-            outcome = "decoded"
-        except IsdnetError as exc:
-            outcome = str(exc)
-        print(json.dumps({{"outcome": outcome, "peak_mib":
-                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}}))
-    """, limit_mib=2048)
+    result = refusal_under_cap("isdnet_deploy.data.images", "read_image", path, 2048)
     assert result["returncode"] == 0, result["stderr"]
     assert "above the pixel budget" in result["outcome"]
     assert result["peak_mib"] < 400

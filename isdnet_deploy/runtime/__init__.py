@@ -28,7 +28,7 @@ def load(path: str | Path | None, backend: str = "auto", device: str | None = No
     backend (ONNX Runtime: threads, opt_level, tensorrt_ep,
     trt_cache, trt_fp16, contract, mem_pattern). Every failure is an ``IsdnetError``.
     """
-    with one_error_type(f"opening {path}"):
+    with one_error_type(f"opening {path}", "check the file and the options given"):
         return Segmenter(open_backend(path, backend, device, **options), scale=scale)
 
 

@@ -21,8 +21,10 @@ from .inputs import classify_image, is_cuda_array, to_host_array
 
 
 @contextlib.contextmanager
-def one_error_type(action: str) -> Iterator[None]:
-    """Turn anything but an IsdnetError raised inside into one, naming ``action``."""
+def one_error_type(action: str, fix: str = "the image or the artifact is not what the "
+                   "artifact's contract describes") -> Iterator[None]:
+    """Turn anything but an IsdnetError raised inside into one, naming ``action`` and
+    what to check (``fix``)."""
     try:
         yield
     except IsdnetError:
@@ -33,9 +35,8 @@ def one_error_type(action: str) -> Iterator[None]:
                           "TileSettings(max_size=...)) or give smaller ones",
                           cli=f"{problem}; tile large images with --max-size") from exc
     except Exception as exc:
-        raise IsdnetError(f"{action} failed ({type(exc).__name__}: {one_line(exc)}); the "
-                          "image or the artifact is not what the artifact's contract "
-                          "describes") from exc
+        raise IsdnetError(f"{action} failed ({type(exc).__name__}: {one_line(exc)}); "
+                          f"{fix}") from exc
 
 
 class Segmenter:
