@@ -29,3 +29,13 @@ def missing(package: str, extra: str | None = None, why: str = "") -> MissingDep
     hint = f"pip install 'isdnet-deploy[{extra}]'" if extra else f"pip install {package}"
     reason = f" ({why})" if why else ""
     return MissingDependencyError(f"{package} is not installed{reason}; install it with: {hint}")
+
+
+def one_line(cause: BaseException | str) -> str:
+    """An exception's text (or any text) on one line, whole: newlines and runs of blanks
+    collapse to single spaces. Errors quote the underlying reason this way instead of cutting
+    it at some length, which can drop the very part that says what went wrong."""
+    text = " ".join(str(cause).split())
+    if isinstance(cause, BaseException) and not text:
+        return type(cause).__name__
+    return text

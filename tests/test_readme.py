@@ -183,6 +183,32 @@ def _run_by_gstreamer_tests(block: Block, folder: Path) -> None:
     assert (block.language, block.text) in section_blocks("In a GStreamer pipeline")
 
 
+def _hostile_inputs(block: Block, folder: Path) -> None:
+    """A GeoTIFF above the budget streams into a georeferenced label GeoTIFF; a tiny JPEG
+    declaring 32000x32000 is refused in one line naming size, budget and option."""
+    import importlib.util
+
+    from hostile_helpers import jpeg_declaring, write_geotiff
+
+    from isdnet_deploy.data.samples import photo_like
+
+    stream, bomb = block.commands()
+    (folder / "bomb.jpg").write_bytes(jpeg_declaring(32000, 32000))
+    if importlib.util.find_spec("rasterio") is None:
+        pytest.skip("rasterio is not installed (pip install -e '.[test]' installs it)")
+    import rasterio
+
+    write_geotiff(folder / "scene.tif", photo_like(1200, 1100, seed=9))
+    done = run_ok(stream, folder)
+    assert "streamed window by window" in done.stdout
+    with rasterio.open(folder / "scene.tif") as src, \
+            rasterio.open(folder / "big" / "scene_labels.tif") as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+    refused = run(bomb, folder)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "32000x32000 pixels" in refused.stderr and "--max-pixels" in refused.stderr
+
+
 RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "cmake -S c -B build/c": _run_by_c_library_tests,
     "/* classes.c:": _run_by_c_library_tests,
@@ -199,6 +225,7 @@ RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "isdnet-deploy quantize model.onnx --precision fp16 -o model_fp16.onnx": _quantize_and_build,
     "isdnet-deploy samples -o samples --profile deepglobe --count 4 --size 512x512":
         _real_images,
+    "isdnet-deploy infer model.onnx scene.tif -o big --max-pixels 1000000": _hostile_inputs,
 }
 
 

@@ -385,7 +385,7 @@ def test_engine_tensorrt_cannot_load(tmp_path, cuda) -> None:
 def test_sidecar_disagreeing_with_engine_tensors(tmp_path, cuda) -> None:
     engine = write_engine(tmp_path)
     side = sidecar_path(engine)
-    side.write_text(side.read_text().replace('"logits"', '"scores"'))
+    side.write_text(side.read_text().replace('"name": "logits"', '"name": "scores"'))
     with pytest.raises(IsdnetError, match="tensor 'logits' that its sidecar does not describe"):
         TensorRTBackend(engine, trt_module=fake_tensorrt(TRT10, cuda), cudart_module=cuda)
 

@@ -25,6 +25,10 @@ class Failure:
     message: str
     cli: str | None = None  # the command-line wording, where it differs (IsdnetError.cli)
 
+    @classmethod
+    def of(cls, item: str, error: IsdnetError) -> Failure:
+        return cls(item, str(error), error.cli)
+
 
 def timing_summary(seconds: Sequence[float]) -> dict[str, float | int]:
     """Count, mean/median/min/max in ms and the total in s of per-image times."""
@@ -75,7 +79,7 @@ def run_batch(items: Sequence[T], work: Callable[[T], Mapping[str, float]], *,
         try:
             seconds = work(item)
         except IsdnetError as exc:
-            report.failures.append(Failure(label(item), str(exc), exc.cli))
+            report.failures.append(Failure.of(label(item), exc))
         except OSError as exc:
             report.failures.append(Failure(label(item), f"{exc.strerror or exc} "
                                                         f"({exc.filename or 'file'})"))
@@ -83,7 +87,7 @@ def run_batch(items: Sequence[T], work: Callable[[T], Mapping[str, float]], *,
             error = engine_error(exc)
             if error is None:
                 raise
-            report.failures.append(Failure(label(item), str(error)))
+            report.failures.append(Failure.of(label(item), error))
         else:
             report.done += 1
             for name, value in seconds.items():

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..data.datasets import Pair, load_pair
+from ..data.headers import DEFAULT_MAX_PIXELS
 from ..errors import IsdnetError
 from ..metrics.comparator import Comparator, Outputs, Side
 from ..metrics.segmentation import ConfusionAccumulator, scores
@@ -29,7 +30,8 @@ class ArtifactResult:
 
 
 def evaluate_pairs(predictors: Sequence[tuple[str, Predictor]], pairs: Sequence[Pair],
-                   profile: Profile, *, progress: bool = True
+                   profile: Profile, *, progress: bool = True,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS
                    ) -> tuple[list[ArtifactResult], BatchReport]:
     """One confusion matrix per artifact over all pairs (ignore index 255).
 
@@ -59,7 +61,7 @@ def evaluate_pairs(predictors: Sequence[tuple[str, Predictor]], pairs: Sequence[
     report = BatchReport()
 
     def work(pair: Pair) -> dict[str, float]:
-        image, mask = load_pair(pair, profile)
+        image, mask = load_pair(pair, profile, max_pixels)
         outputs = comparator.add((image, mask))
         if any(p.last_tiles > 1 for _, p in predictors):
             report.tiled += 1

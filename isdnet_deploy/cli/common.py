@@ -169,6 +169,19 @@ PROFILE = click.Choice(list(PROFILES), case_sensitive=False)
 TORCH_VARIANT = TorchVariantType()
 
 
+def max_pixels_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-pixels N``: the pixel budget every image's header is checked against before
+    it is decoded (``data.headers``; 0 = no limit)."""
+    from ..data.headers import DEFAULT_MAX_PIXELS
+
+    return click.option(
+        "--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
+        show_default=True, metavar="N",
+        help="Refuse images (and masks) that declare more pixels than N, before decoding "
+             "them; 0 = no limit. infer streams TIFF/GeoTIFFs above it tile by tile "
+             "(needs rasterio).")(command)
+
+
 def progress_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--no-progress``; bars are also off whenever stderr is not a terminal."""
     return click.option("--no-progress", is_flag=True,
@@ -206,7 +219,7 @@ def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
         click.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
         return
     report.write_json(path, jsonable(data))
-    click.echo(f"wrote {path}", err=True)
+    click.echo(f"wrote {printable(path)}", err=True)
 
 
 # --- the torch backend's optimisation options ---------------------------------------------

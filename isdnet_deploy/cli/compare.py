@@ -26,8 +26,10 @@ from .common import (
     check_torch_settings,
     is_torch_artifact,
     json_option,
+    max_pixels_option,
     open_artifact,
     output_file,
+    printable,
     progress_option,
     require_torch_artifact,
     show_progress,
@@ -49,8 +51,9 @@ class _Input:
 
 
 def _inputs(images: str | None, labels: str | None, random: int, hw: tuple[int, int],
-            prof: Profile) -> tuple[list[_Input], str]:
-    """The inputs to compare on, and a description of them."""
+            prof: Profile, max_pixels: int) -> tuple[list[_Input], str]:
+    """The inputs to compare on, and a description of them; image files are checked
+    against the pixel budget ``max_pixels`` before they are decoded."""
     from ..data.datasets import load_mask, pair_files
     from ..data.images import read_image
     from ..data.samples import photo_like
@@ -59,14 +62,15 @@ def _inputs(images: str | None, labels: str | None, random: int, hw: tuple[int, 
         if images is None:
             raise IsdnetError("--labels needs --images (the images the masks belong to)")
         pairs, _, _ = pair_files(images, labels, prof)
-        return ([_Input(p.image.name, lambda p=p: read_image(p.image),
-                        lambda p=p: load_mask(p.label, prof)) for p in pairs],
+        return ([_Input(p.image.name, lambda p=p: read_image(p.image, max_pixels=max_pixels),
+                        lambda p=p: load_mask(p.label, prof, max_pixels)) for p in pairs],
                 f"{len(pairs)} image/mask pairs from {images}")
     if images is not None:
         from ..data.datasets import list_images, split_masks
 
         files, _ = split_masks(list_images(images), prof)
-        return ([_Input(f.name, lambda f=f: read_image(f)) for f in files],
+        return ([_Input(f.name, lambda f=f: read_image(f, max_pixels=max_pixels))
+                 for f in files],
                 f"{len(files)} images from {images}")
     if random < 1:
         raise IsdnetError("--random must be 1 or more when no --images are given")
@@ -134,12 +138,14 @@ def _heatmap_path(base: Path, index: int, count: int, name: str) -> Path:
 @torch_variant_option("Also compare REFERENCE (a .pth or 'reference') under these settings "
                       "with itself as it is (eager fp32).")
 @torch_options
+@max_pixels_option
 @progress_option
 def compare_command(reference_path: str, candidates: tuple[str, ...], random_count: int,
                     images: str | None, labels: str | None, size: tuple[int, int] | None,
                     profile: str, device: str, threads: int | None, heatmap: str | None,
                     json_path: str | None, torch_variants: tuple[TorchOptions, ...],
-                    torch_options: TorchOptions, no_progress: bool) -> None:
+                    torch_options: TorchOptions, max_pixels: int,
+                    no_progress: bool) -> None:
     """How closely each CANDIDATE reproduces REFERENCE (a .pth checkpoint, the word
     'reference' for the random-weights model, or any artifact): max/mean |logit diff|,
     cosine similarity, argmax agreement and mIoU of its labels against the reference's,
@@ -171,7 +177,7 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
     hw = size or prof.test_size
     json_file = check_json_path(json_path)
     heatmap_file = output_file(heatmap, ".png")
-    inputs, described = _inputs(images, labels, random_count, hw, prof)
+    inputs, described = _inputs(images, labels, random_count, hw, prof, max_pixels)
     scale = images is not None
 
     with contextlib.ExitStack() as stack:
@@ -206,8 +212,8 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
         worst: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
         warn_random_weights([(_label(path, seg), seg.contract) for path, seg in opened.items()])
-        click.echo(f"comparing {len(sides)} candidate(s) with {ref_name} on {described}",
-                   err=True)
+        click.echo(printable(f"comparing {len(sides)} candidate(s) with {ref_name} on "
+                             f"{described}"), err=True)
         for item in tqdm(inputs, desc="compare", unit="input",
                          disable=not show_progress(no_progress)):
             image = item.load_image()
@@ -234,9 +240,10 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
              percent(s["agreement"], 3, "%"), percent(s["decided_agreement"], 3, "%"),
              percent(s["miou_vs_reference"], 3, "%")]
             for s in summaries]
-    click.echo(f"reference: {ref_name}; inputs: {described}")
-    click.echo(grid(["candidate", "max |logit diff|", "mean |logit diff|", "cosine (min)",
-                     "argmax agreement", "decided agreement", "mIoU vs reference"], rows))
+    click.echo(printable(f"reference: {ref_name}; inputs: {described}"))
+    click.echo(printable(grid(["candidate", "max |logit diff|", "mean |logit diff|",
+                               "cosine (min)", "argmax agreement", "decided agreement",
+                               "mIoU vs reference"], rows)))
     if any(s["logits"] is None for s in summaries):
         click.echo("note: '-' = labels-only artifact (or reference): agreement and mIoU only")
     click.echo(f"note: decided pixels: reference top-2 margin > 2 x ({DECIDED_ATOL:g} + "
@@ -256,7 +263,8 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
             written = disagreement_heatmap(ref_labels, cand_labels,
                                            _heatmap_path(heatmap_file, i, len(sides),
                                                          others[i][3]), image=image)
-            click.echo(f"wrote {written} ({stats.worst_disagree} disagreeing pixels)")
+            click.echo(printable(f"wrote {written} ({stats.worst_disagree} disagreeing "
+                                 "pixels)"))
     write_json(json_file, result)
 
 
@@ -270,12 +278,12 @@ def _accuracy_report(accuracy: dict, ref_name: str, class_names: list[str],
              percent(s["mean_f1"], 3, "%"), percent(s["pixel_accuracy"], 3, "%")]
             for name, s in scored.items()]
     click.echo(f"accuracy against the ground truth (mIoU over {', '.join(base['evaluated'])}):")
-    click.echo(grid(["backend", "mIoU", "ΔmIoU (points)", "mF1", "pixel acc"], rows))
+    click.echo(printable(grid(["backend", "mIoU", "ΔmIoU (points)", "mF1", "pixel acc"], rows)))
     names = list(scored)
     per_class = [[c, *(percent(scored[n]["classes"][c]["iou"], 3, "%") for n in names)]
                  for c in class_names]
     click.echo(grid(["class IoU", *(f"[{i}]" for i in range(len(names)))], per_class))
-    click.echo("  " + "; ".join(f"[{i}] {n}" for i, n in enumerate(names)))
+    click.echo(printable("  " + "; ".join(f"[{i}] {n}" for i, n in enumerate(names))))
     return {"backends": scored,
             "delta_vs_reference": {n: {k: s[k] - base[k] for k in
                                        ("miou", "mean_f1", "pixel_accuracy")}

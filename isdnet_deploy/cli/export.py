@@ -21,6 +21,8 @@ from ..contract import (
     DEFAULT_OPSET,
     EXPORTERS,
     INPUT_KINDS,
+    MAX_CLASSES,
+    MAX_WIDE_CLASSES,
     METADATA_KEY,
     OUTPUT_KINDS,
     OUTPUT_RESIZES,
@@ -34,6 +36,7 @@ from .common import (
     SIZE,
     check_json_path,
     json_option,
+    printable,
     progress_option,
     show_progress,
     write_json,
@@ -47,7 +50,7 @@ def _step(message: str, shown: bool) -> Iterator[None]:
     """A transient status line on an interactive stderr, erased afterwards so that an error
     (or the report) is all that stays; nothing at all when stderr is a pipe or a file."""
     if shown:
-        click.echo(f"{message}…", err=True, nl=False)
+        click.echo(f"{printable(message)}…", err=True, nl=False)
     try:
         yield
     finally:
@@ -162,8 +165,9 @@ def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out:
     if checkpoint:
         from ..model.checkpoint import load_model
 
+        wide = output_kind == "labels" and labels_dtype == "int32"  # the palette rule
         with _step(f"loading {checkpoint}", shown):
-            model = load_model(checkpoint)
+            model = load_model(checkpoint, max_classes=MAX_WIDE_CLASSES if wide else MAX_CLASSES)
         source = f"checkpoint {checkpoint}"
     else:
         from ..model.checkpoint import build_model
@@ -197,7 +201,7 @@ def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out:
         if json_file == "-":
             return
     for line in _export_lines(report, source, load_seconds, fast_used):
-        click.echo(line)
+        click.echo(printable(line))
 
 
 def _export_lines(report: Any, source: str, load_seconds: float, fast_used: bool) -> list[str]:
@@ -265,30 +269,6 @@ def _graph_io(proto: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return inputs, [_value_info(v) for v in proto.graph.output]
 
 
-def _mismatches(contract: Contract, inputs: list[dict[str, Any]],
-                outputs: list[dict[str, Any]]) -> list[str]:
-    problems = []
-    for role, specs, actual in (("input", contract.inputs, inputs),
-                                ("output", contract.outputs, outputs)):
-        graph = {v["name"]: v for v in actual}
-        for spec in specs:
-            value = graph.get(spec.name)
-            if value is None:
-                problems.append(f"contract {role} {spec.name!r} is not in the graph")
-                continue
-            if value["dtype"] != spec.dtype:
-                problems.append(f"{role} {spec.name!r} is {value['dtype']} in the graph but "
-                                f"{spec.dtype} in the contract")
-            # A symbolic graph dimension is only less specific; two different numbers clash.
-            shape = value["shape"] or []
-            if len(shape) == len(spec.shape) and any(
-                    isinstance(g, int) and isinstance(c, int) and g and g != c
-                    for g, c in zip(shape, spec.shape, strict=True)):
-                problems.append(f"{role} {spec.name!r} has shape {shape} in the graph but "
-                                f"{spec.shape} in the contract")
-    return problems
-
-
 @click.command("inspect")
 @click.argument("model_path", metavar="MODEL.onnx")
 @json_option("everything shown")
@@ -296,16 +276,21 @@ def inspect_command(model_path: str, json_path: str | None) -> None:
     """Show an ONNX file's isdnet-deploy contract and its graph's actual inputs/outputs.
 
     Exit status: 0 for a file exported by isdnet-deploy; 1 when the file cannot be read as
-    ONNX, or when it is an ONNX model without an isdnet-deploy contract (its inputs and
-    outputs are still shown, and the reason goes to stderr).
+    ONNX, or when the runtime would refuse it: no isdnet-deploy contract, an invalid or
+    duplicated one, or a graph that disagrees with it (its inputs and outputs are still
+    shown, every disagreement is listed, and the reason goes to stderr).
 
     Example: isdnet-deploy inspect isdnet.onnx
     """
-    from ..contract import load_onnx_proto, missing_contract, read_onnx_contract
+    from ..contract import graph_mismatches, load_onnx_proto, missing_contract, read_onnx_contract
 
     json_file = check_json_path(json_path)
     proto = load_onnx_proto(model_path)
-    contract = read_onnx_contract(proto)
+    refusal: IsdnetError | None = None
+    try:
+        contract = read_onnx_contract(proto, model_path)
+    except IsdnetError as exc:  # shown after the graph's own inputs and outputs
+        contract, refusal = None, exc
     inputs, outputs = _graph_io(proto)
     external = sorted({e.value for t in proto.graph.initializer for e in t.external_data
                        if e.key == "location"})
@@ -321,36 +306,46 @@ def inspect_command(model_path: str, json_path: str | None) -> None:
         "inputs": inputs,
         "outputs": outputs,
     }
-    problems = _mismatches(contract, inputs, outputs) if contract is not None else []
+    problems = graph_mismatches(contract, inputs, outputs) if contract is not None else []
+    info["disagreements"] = problems
 
     write_json(json_file, info)
     if json_file != "-":
         _print_inspection(info, contract)
     for problem in problems:
-        click.secho(f"warning: {problem}; the file may have been edited after export",
-                    fg="yellow", err=True)
-    if contract is None:
-        click.echo(f"error: {missing_contract(model_path)}", err=True)
+        click.secho(f"disagreement: {printable(problem)}", fg="yellow", err=True)
+    if refusal is None and contract is None:
+        refusal = missing_contract(model_path)
+    if refusal is None and problems:
+        refusal = IsdnetError(f"the graph disagrees with its contract in {len(problems)} "
+                              "way(s) (listed above), so the runtime refuses this file; it was "
+                              "edited after export: re-export it with isdnet-deploy")
+    if refusal is not None:
+        click.echo(f"error: {printable(refusal.for_cli())}", err=True)
         sys.exit(1)
 
 
 def _print_inspection(info: dict[str, Any], contract: Contract | None) -> None:
+    """Every line escaped: names, producer and paths come from the file."""
+    def echo(line: str) -> None:
+        click.echo(printable(line))
+
     opsets = ", ".join(f"{d} {v}" for d, v in info["opsets"].items())
     weights = f"external ({', '.join(info['external_data'])})" if info["external_data"] \
         else "embedded"
-    click.echo(f"{info['path']}: {info['file_bytes'] / MIB:.1f} MiB, producer "
-               f"{info['producer'] or 'unknown'}, IR {info['ir_version']}, opset {opsets}, "
-               f"{info['nodes']} nodes, weights {weights}")
+    echo(f"{info['path']}: {info['file_bytes'] / MIB:.1f} MiB, producer "
+         f"{info['producer'] or 'unknown'}, IR {info['ir_version']}, opset {opsets}, "
+         f"{info['nodes']} nodes, weights {weights}")
     if contract is not None:
-        click.echo(f"contract (metadata key {METADATA_KEY!r}):")
+        echo(f"contract (metadata key {METADATA_KEY!r}):")
         rows = contract.summary()
         width = max(len(key) for key, _ in rows)
         for key, value in rows:
-            click.echo(f"  {key:<{width}}  {value}")
+            echo(f"  {key:<{width}}  {value}")
     for title, values in (("graph inputs", info["inputs"]), ("graph outputs", info["outputs"])):
-        click.echo(f"{title}:")
+        echo(f"{title}:")
         width = max((len(v["name"]) for v in values), default=0)
         for v in values:
             shape = "unknown shape" if v["shape"] is None else \
                 "[" + ", ".join(str(d) for d in v["shape"]) + "]"
-            click.echo(f"  {v['name']:<{width}}  {v['dtype']:<8} {shape}")
+            echo(f"  {v['name']:<{width}}  {v['dtype']:<8} {shape}")

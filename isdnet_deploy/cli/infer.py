@@ -31,7 +31,9 @@ from .common import (
     check_json_path,
     check_torch_settings,
     json_option,
+    max_pixels_option,
     open_artifact,
+    printable,
     progress_option,
     require_torch_artifact,
     show_progress,
@@ -75,7 +77,7 @@ def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         command = option(command)
-    return progress_option(command)
+    return progress_option(max_pixels_option(command))
 
 
 def _ms(value: float) -> str:
@@ -93,7 +95,7 @@ def _report_failures(report: BatchReport, what: str) -> None:
         return
     click.secho(f"failed: {len(report.failures)} of {report.total} {what}:", fg="red", err=True)
     for line in report.failure_lines():
-        click.echo(line, err=True)
+        click.echo(printable(line), err=True)
     raise IsdnetError(f"{len(report.failures)} of {report.total} {what} failed (listed above);"
                       " the others were processed")
 
@@ -110,7 +112,7 @@ def _report_failures(report: BatchReport, what: str) -> None:
 def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_images: bool,
                   profile: str | None, device: str | None, threads: int | None,
                   no_scale: bool, tile: tuple[int, int] | None,
-                  max_size: tuple[int, int] | None, overlap: float,
+                  max_size: tuple[int, int] | None, overlap: float, max_pixels: int,
                   torch_options: TorchOptions, no_progress: bool) -> None:
     """Segment JPEG/PNG/TIFF images (files or folders) with ARTIFACT.
 
@@ -121,7 +123,9 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
 
     Images larger than the artifact accepts (static size, TensorRT profile maximum,
     --max-size) are tiled with overlapping, blended tiles; labels-only artifacts blend
-    one-hot votes, i.e. a centre-weighted majority vote.
+    one-hot votes, i.e. a centre-weighted majority vote. Images declaring more than
+    --max-pixels are refused before decoding, except TIFF/GeoTIFFs, which are then read
+    and labelled window by window into a tiled <stem>_labels.tif (with rasterio).
 
     The --torch-* options, --channels-last and --cuda-graphs apply to a .pth or
     'reference' ARTIFACT. Compiling happens at the first image of each new size (a second
@@ -155,9 +159,9 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
             report.notes.append(describe_skipped_masks(masks))
         warn_random_weights([(name, segmenter.contract)])
         infer_files(predictor, paths, output, overlay_images=overlay_images,
-                    progress=show_progress(no_progress), report=report)
-    click.echo(f"{name} ({segmenter.backend.name}): {report.done} of {report.total} inputs "
-               f"segmented into {output}")
+                    progress=show_progress(no_progress), report=report, max_pixels=max_pixels)
+    click.echo(printable(f"{name} ({segmenter.backend.name}): {report.done} of {report.total} "
+                         f"inputs segmented into {output}"))
     if report.done:
         click.echo("time per image (inference with pre/post-processing; reading and writing "
                    f"files excluded): {_timing_line(report.timing('inference'))}")
@@ -168,7 +172,7 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
         report.notes.append(f"{torch_options.label}: the first image at each new size "
                             "includes compiling / capturing, so its time is not a forward's")
     for note in report.notes:
-        click.echo(f"note: {note}")
+        click.echo(printable(f"note: {note}"))
     _report_failures(report, "inputs")
 
 
@@ -248,7 +252,7 @@ def _artifact_json(result: ArtifactResult, scores: dict[str, Any], report: Batch
 def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None,
                      json_path: str | None, profile: str | None, device: str | None,
                      threads: int | None, no_scale: bool, tile: tuple[int, int] | None,
-                     max_size: tuple[int, int] | None, overlap: float,
+                     max_size: tuple[int, int] | None, overlap: float, max_pixels: int,
                      no_progress: bool) -> None:
     """Accuracy of one or more ARTIFACTS on images with ground-truth masks.
 
@@ -273,11 +277,12 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
         prof = _resolve_profile(artifacts, profile, opened)
         pairs, unpaired_images, unpaired_masks = pair_files(images, labels, prof)
         if unpaired_images:
-            click.secho(f"unpaired images (no mask, not evaluated): {len(unpaired_images)}: "
-                        f"{_listing(unpaired_images)}", fg="yellow", err=True)
+            click.secho(printable(f"unpaired images (no mask, not evaluated): "
+                                  f"{len(unpaired_images)}: {_listing(unpaired_images)}"),
+                        fg="yellow", err=True)
         if unpaired_masks:
-            click.secho(f"unpaired masks (no image): {len(unpaired_masks)}: "
-                        f"{_listing(unpaired_masks)}", fg="yellow", err=True)
+            click.secho(printable(f"unpaired masks (no image): {len(unpaired_masks)}: "
+                                  f"{_listing(unpaired_masks)}"), fg="yellow", err=True)
         if REFERENCE in artifacts:
             opened[REFERENCE] = open_artifact(REFERENCE, profile=prof.name, device=device,
                                               threads=threads, scale=not no_scale)
@@ -290,7 +295,8 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
             predictors.append((name, Predictor(segmenter, tiles)))
         warn_random_weights([(name, p.contract) for name, p in predictors])
         results, report = evaluate_pairs(predictors, pairs, prof,
-                                         progress=show_progress(no_progress))
+                                         progress=show_progress(no_progress),
+                                         max_pixels=max_pixels)
     finally:
         for segmenter, _ in opened.values():
             segmenter.close()
@@ -302,12 +308,13 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
         rows.append({"artifact": result.name, "backend": result.backend, "scores": scores,
                      "agreement": result.agreement(), "timing": report.timing(result.name),
                      "result": result})
-        click.echo(f"\n== {result.name} ({result.backend}) on {report.done} images ==")
+        click.echo(printable(f"\n== {result.name} ({result.backend}) on {report.done} "
+                             "images =="))
         click.echo(format_scores(scores))
         click.echo(f"time per image: {_timing_line(report.timing(result.name))}")
     if len(rows) > 1:
         click.echo("\nAccuracy parity (first artifact = reference)")
-        click.echo(parity_table(rows))
+        click.echo(printable(parity_table(rows)))
     if report.tiled:
         click.echo(f"tiled: {report.tiled} of {report.done} images (overlap {overlap})")
     if json_file is not None:

@@ -8,7 +8,16 @@ from pathlib import Path
 import click
 
 from ..fileio import check_output_path
-from .common import SIZE, check_json_path, json_option, progress_option, show_progress, write_json
+from .common import (
+    SIZE,
+    check_json_path,
+    json_option,
+    max_pixels_option,
+    printable,
+    progress_option,
+    show_progress,
+    write_json,
+)
 
 
 def _show(message: Warning | str, category: type[Warning], *args: object,
@@ -47,12 +56,13 @@ def _show(message: Warning | str, category: type[Warning], *args: object,
               show_default=True,
               help="int8 only: tensorrt = symmetric s8 activations (explicit quantization); "
                    "cpu = u8 activations that ONNX Runtime's x86 kernels fuse.")
+@max_pixels_option
 @progress_option
 def quantize_command(model: str, precision: str, calib: str | None, max_calib: int,
                      num_synthetic: int, size: tuple[int, int] | None, keep_fp32: str | None,
                      num_verify: int, min_agreement: float | None, seed: int,
                      output: str | None, json_path: str | None, report_path: str | None,
-                     target: str, no_progress: bool) -> None:
+                     target: str, max_pixels: int, no_progress: bool) -> None:
     """Convert an exported FP32 ONNX model to FP16 or INT8 for TensorRT 10 and 11.
 
     Example: isdnet-deploy quantize model.onnx --precision int8 --calib images/ -o model.int8.onnx
@@ -67,7 +77,7 @@ def quantize_command(model: str, precision: str, calib: str | None, max_calib: i
         json_path = json_path or report_path
     json_file = check_json_path(json_path)
     common = {"num_verify": num_verify, "size": size, "min_agreement": min_agreement,
-              "seed": seed, "progress": show_progress(no_progress)}
+              "seed": seed, "progress": show_progress(no_progress), "max_pixels": max_pixels}
     with warnings.catch_warnings():
         # Shown as they happen (the synthetic-calibration warning before calibrating).
         warnings.simplefilter("always", prec.CalibrationWarning)
@@ -82,5 +92,5 @@ def quantize_command(model: str, precision: str, calib: str | None, max_calib: i
                                         max_images=max_calib, target=target, **common)
     if json_file != "-":
         for key, value in report.rows():
-            click.echo(f"{key:>18}: {value}")
+            click.echo(printable(f"{key:>18}: {value}"))
     write_json(json_file, report.to_dict())

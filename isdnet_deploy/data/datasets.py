@@ -31,7 +31,8 @@ from PIL import Image
 
 from ..errors import IsdnetError
 from ..profiles import IGNORE_INDEX, Profile
-from .images import IMAGE_EXTENSIONS, decode_unchanged, read_image
+from .headers import DEFAULT_MAX_PIXELS, checked_header
+from .images import IMAGE_EXTENSIONS, decode_unchanged, pillow_guard, read_image
 
 _SHOW = 5  # how many offending files/colours/values an error message names
 
@@ -217,22 +218,24 @@ def _ids_from_colours(rgb: np.ndarray, profile: Profile, path: Path) -> np.ndarr
     return order[pos].astype(np.uint8).reshape(rgb.shape[:2])
 
 
-def load_mask(path: str | os.PathLike[str], profile: Profile) -> np.ndarray:
+def load_mask(path: str | os.PathLike[str], profile: Profile,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """HxW uint8 class ids (IGNORE_INDEX = ignore) from a mask in any supported form.
 
     Palette-indexed PNGs give their indices; single-channel masks give their values (with
     the 0/255 -> 0/1 rule for two-class profiles); colour masks are matched to the
-    profile's palette (thresholded at 128 for 0/255 palettes such as DeepGlobe's).
+    profile's palette (thresholded at 128 for 0/255 palettes such as DeepGlobe's). A mask
+    declaring more than ``max_pixels`` pixels is refused before decoding (0: no limit).
     """
     path = Path(path)
-    if path.suffix.lower() == ".png" and path.is_file():
+    if checked_header(path, "mask", max_pixels).format == "PNG":
         try:
-            with Image.open(path) as im:
+            with pillow_guard(path, "mask"), Image.open(path) as im:
                 if im.mode == "P":
                     return _ids_from_values(np.array(im), profile, path)
         except (OSError, ValueError):
             pass  # not a readable PNG: decode_unchanged below names the problem
-    array = decode_unchanged(path, "mask")
+    array = decode_unchanged(path, "mask", max_pixels)
     if array.dtype not in (np.uint8, np.uint16):
         raise IsdnetError(f"mask {path} has {array.dtype} pixels; masks must be 8-bit (or "
                           "16-bit single-channel) integers")
@@ -254,16 +257,20 @@ def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path | str,
             f"{mask.shape[1]}x{mask.shape[0]} (WxH); they must match pixel for pixel")
 
 
-def load_pair(pair: Pair, profile: Profile) -> tuple[np.ndarray, np.ndarray]:
-    """(HxWx3 uint8 RGB image, HxW uint8 class ids), checked to be the same size."""
-    image = read_image(pair.image)
-    mask = load_mask(pair.label, profile)
+def load_pair(pair: Pair, profile: Profile, max_pixels: int | None = DEFAULT_MAX_PIXELS
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(HxWx3 uint8 RGB image, HxW uint8 class ids), checked to be the same size; both
+    files are checked against the pixel budget before either is decoded."""
+    checked_header(pair.label, "mask", max_pixels)
+    image = read_image(pair.image, max_pixels=max_pixels)
+    mask = load_mask(pair.label, profile, max_pixels)
     check_same_size(image, mask, pair.image, pair.label)
     return image, mask
 
 
-def iter_pairs(pairs: list[Pair], profile: Profile) -> Iterator[tuple[Pair, np.ndarray,
-                                                                       np.ndarray]]:
+def iter_pairs(pairs: list[Pair], profile: Profile,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS
+               ) -> Iterator[tuple[Pair, np.ndarray, np.ndarray]]:
     for pair in pairs:
-        image, mask = load_pair(pair, profile)
+        image, mask = load_pair(pair, profile, max_pixels)
         yield pair, image, mask

@@ -19,6 +19,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from .. import runtime
 from ..contract import Contract
+from ..data.headers import DEFAULT_MAX_PIXELS
 from ..data.images import read_image
 from ..errors import IsdnetError
 
@@ -121,18 +122,21 @@ def network_input(image: np.ndarray, contract: Contract, size: tuple[int, int]) 
 
 
 class ImageSource:
-    """Calibration-like network inputs: real images when given, else ``count`` seeded
-    synthetic ones (seeds ``seed``, ``seed + 1``, ...)."""
+    """Calibration-like network inputs: real images when given (refused above the pixel
+    budget ``max_pixels`` before decoding), else ``count`` seeded synthetic ones (seeds
+    ``seed``, ``seed + 1``, ...)."""
 
     def __init__(self, contract: Contract, size: tuple[int, int],
-                 images: Sequence[Path] | None, count: int, seed: int) -> None:
+                 images: Sequence[Path] | None, count: int, seed: int,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.contract, self.size, self.images = contract, size, list(images or [])
         self.count = len(self.images) if self.images else count
-        self.seed = seed
+        self.seed, self.max_pixels = seed, max_pixels
 
     def feeds(self, index: int) -> dict[str, np.ndarray]:
         if self.images:
-            image = network_input(read_image(self.images[index]), self.contract, self.size)
+            image = network_input(read_image(self.images[index], max_pixels=self.max_pixels),
+                                  self.contract, self.size)
         else:
             image = synthetic_image(self.size, self.seed + index)
         return runtime.prepare_feeds(image, self.contract)
@@ -144,8 +148,9 @@ class ImageSource:
 
 
 def held_out_split(contract: Contract, size: tuple[int, int], images: list[Path] | None, *,
-                   num_synthetic: int, num_verify: int, max_images: int,
-                   seed: int) -> tuple[ImageSource, ImageSource]:
+                   num_synthetic: int, num_verify: int, max_images: int, seed: int,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS
+                   ) -> tuple[ImageSource, ImageSource]:
     """(calibration, verification) sources, verification held out from calibration.
 
     Synthetic calibration is verified on other seeds (``VERIFY_SEED_OFFSET`` away). A folder
@@ -160,9 +165,9 @@ def held_out_split(contract: Contract, size: tuple[int, int], images: list[Path]
         picks = set(np.random.default_rng(seed + 1).choice(len(images), num_verify,
                                                            replace=False).tolist())
         held_out = ImageSource(contract, size, [p for i, p in enumerate(images) if i in picks],
-                               num_verify, seed)
+                               num_verify, seed, max_pixels)
         images = [p for i, p in enumerate(images) if i not in picks][:max_images]
-    calibration = ImageSource(contract, size, images, num_synthetic, seed)
+    calibration = ImageSource(contract, size, images, num_synthetic, seed, max_pixels)
     return calibration, (calibration if held_out is None else held_out)
 
 

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..data.headers import DEFAULT_MAX_PIXELS
 from ..errors import IsdnetError
 from ..fileio import atomic_output
 from .calibration import ImageChoice, ImageSource, input_size, select_images
@@ -27,7 +28,8 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike,
                  verify_images: ImageChoice = None,
                  num_verify: int = 4, size: tuple[int, int] | None = None,
                  min_agreement: float | None = None, seed: int = 0,
-                 progress: bool = True) -> PrecisionReport:
+                 progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                 ) -> PrecisionReport:
     """FP16 weights and activations with FP32 I/O; ``keep_fp32`` op types stay FP32.
 
     Shape, index and integer-cast arithmetic stays FP32 too (see ``graph_passes``). The
@@ -40,7 +42,7 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike,
     model, contract = load_fp32(src)
     size = input_size(contract, size)
     images = select_images(verify_images, num_verify, seed)
-    source = ImageSource(contract, size, images, num_verify, seed)
+    source = ImageSource(contract, size, images, num_verify, seed, max_pixels)
     name_nodes(model)
     io_types = {v.name: v.type.tensor_type.elem_type for v in model.graph.output}
     # Stale or duplicated value_info (onnxslim writes some twice) misleads the converter's

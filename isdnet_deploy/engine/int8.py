@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 
+from ..data.headers import DEFAULT_MAX_PIXELS
 from ..errors import IsdnetError
 from ..fileio import atomic_output
 from .calibration import (
@@ -48,7 +49,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike,
                   min_agreement: float | None = None, seed: int = 0,
                   op_types: Sequence[str] | None = None, exclude_head: bool = True,
                   keep_pyramid_float: bool = True,
-                  target: str = "tensorrt", progress: bool = True) -> PrecisionReport:
+                  target: str = "tensorrt", progress: bool = True,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PrecisionReport:
     """Static INT8 as Q/DQ nodes, in the form the target runs fast.
 
     The classifier head (``exclude_head``) and the in-graph Laplacian pyramid
@@ -84,7 +86,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike,
         warnings.warn(message, CalibrationWarning, stacklevel=2)
     source, verify_source = held_out_split(contract, size, images, num_synthetic=num_synthetic,
                                            num_verify=num_verify, max_images=max_images,
-                                           seed=seed)
+                                           seed=seed, max_pixels=max_pixels)
     reader = CalibrationReader(source, progress)
     if op_types is None:
         op_types = CPU_INT8_OP_TYPES if target == "cpu" else INT8_OP_TYPES

@@ -32,6 +32,7 @@ from ..contract import (
     Contract,
     TensorSpec,
     embed_in_onnx,
+    invalid_contract,
 )
 from ..errors import IsdnetError, missing
 from ..fileio import atomic_output, check_output_path
@@ -357,6 +358,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
                               labels_dtype=labels_dtype, dynamic=dynamic, size=size,
                               opset=opset, exporter=exporter, profile=profile,
                               output_resize=output_resize)
+    # Never write a file every runtime would refuse (e.g. more classes than uint8 labels hold).
+    if contract.problems():
+        raise invalid_contract("the model", contract.problems())
     graph = DeployGraph(_for_export(model, fast_pyramid), pyramid=pyramid, input_kind=input,
                         output_kind=output, labels_dtype=labels_dtype,
                         output_resize=output_resize,
@@ -383,6 +387,15 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
             parity = verify_onnx(tmp, model, contract, verify_size or size or
                                  DEFAULT_VERIFY_SIZE, atol=atol, rtol=rtol)
             if not parity.passed:
+                from ..model.checkpoint import describe_nonfinite, nonfinite_weights
+
+                bad = nonfinite_weights(model.state_dict())
+                if bad:
+                    raise IsdnetError(
+                        f"the exported model cannot match the PyTorch reference: the model has "
+                        f"{describe_nonfinite(bad)}, so its logits are not finite (max |diff| "
+                        f"{parity.max_abs_diff}); use a checkpoint from before training "
+                        "diverged; nothing written")
                 raise IsdnetError(
                     f"exported model disagrees with the PyTorch reference at "
                     f"{parity.size[0]}x{parity.size[1]}: max |diff| {parity.max_abs_diff} "

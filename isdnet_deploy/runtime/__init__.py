@@ -16,7 +16,7 @@ from .pipeline import Pipeline
 from .predictor import Predictor, TileSettings
 from .preprocess import prepare_feeds, resize_image, scaled_size
 from .registry import BACKENDS, backend_for, open_backend
-from .segmenter import Segmenter
+from .segmenter import Segmenter, one_error_type
 
 
 def load(path: str | Path | None, backend: str = "auto", device: str | None = None,
@@ -27,9 +27,11 @@ def load(path: str | Path | None, backend: str = "auto", device: str | None = No
     ``device`` defaults to CUDA for engines and the CPU otherwise. ``options`` go to the
     backend (ONNX Runtime: threads, opt_level, tensorrt_ep,
     trt_cache, trt_fp16, contract, mem_pattern; torch: threads, compile, precision,
-    channels_last, cuda_graphs, see ``runtime.torch_backend``).
+    channels_last, cuda_graphs, see ``runtime.torch_backend``). Every failure is an
+    ``IsdnetError``.
     """
-    return Segmenter(open_backend(path, backend, device, **options), scale=scale)
+    with one_error_type(f"opening {path}", "check the file and the options given"):
+        return Segmenter(open_backend(path, backend, device, **options), scale=scale)
 
 
 __all__ = ["BACKENDS", "Backend", "Contract", "Pipeline", "Predictor", "Segmenter",

@@ -184,6 +184,25 @@ def check_out_buffers(outputs: tuple[TensorInfo, ...], out: Mapping[str, Any] | 
     return dict(out)
 
 
+def check_outputs(outputs: tuple[TensorInfo, ...], results: Mapping[str, Any],
+                  dims: Mapping[str, int]) -> None:
+    """What the engine returned must be what the contract declares: every output, its dtype,
+    rank and the shape the inputs imply. A graph edited after export (an output cut to 3
+    channels or to half resolution) would otherwise give silently wrong labels."""
+    for info in outputs:
+        if info.name not in results:
+            raise IsdnetError(f"the engine returned no output {info.name!r}; the artifact "
+                              "disagrees with its contract: re-export it")
+        shape, dtype = array_meta(results[info.name], f"output {info.name!r}")
+        want = expected_shape(info, dims)
+        if dtype != info.dtype or len(shape) != len(info.shape) or (
+                want is not None and tuple(shape) != want):
+            wanted = _dims_text(want) if want is not None else _dims_text(info.shape)
+            raise IsdnetError(f"output {info.name!r} came back as {dtype} {_dims_text(shape)}, "
+                              f"the contract promises {info.dtype} {wanted}; the artifact "
+                              "disagrees with its contract: re-export it")
+
+
 class Backend(ABC):
     """An opened artifact that maps input arrays to output arrays.
 
@@ -220,7 +239,9 @@ class Backend(ABC):
         if self.closed:
             raise IsdnetError(f"this {self.name} backend is closed; open the artifact again")
         dims = check_feeds(self.inputs, feeds, self.contract.min_size)
-        return self._run(feeds, check_out_buffers(self.outputs, out, dims))
+        results = self._run(feeds, check_out_buffers(self.outputs, out, dims))
+        check_outputs(self.outputs, results, dims)
+        return results
 
     @abstractmethod
     def _run(self, feeds: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import METADATA_KEY, Contract, missing_contract
-from ..errors import IsdnetError, missing
+from ..contract import (
+    ORT_TYPES,
+    Contract,
+    check_graph,
+    contract_from_metadata,
+    invalid_contract,
+    missing_contract,
+    scan_onnx_metadata,
+)
+from ..errors import IsdnetError, missing, one_line
 from .backend import Backend, Device
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -67,6 +75,12 @@ def _providers(device: Device, tensorrt_ep: bool, trt_cache: str | None, trt_fp1
     return providers
 
 
+def _graph_tensors(args: list) -> list[dict]:
+    """ONNX Runtime's view of a graph's inputs or outputs, as ``graph_mismatches`` takes."""
+    return [{"name": a.name, "dtype": ORT_TYPES.get(a.type, a.type),
+             "shape": None if a.shape is None else list(a.shape)} for a in args]
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -82,23 +96,28 @@ class OnnxRuntimeBackend(Backend):
         providers = _providers(device, tensorrt_ep, trt_cache, trt_fp16)
         options = _session_options(threads, opt_level, profile_prefix, optimized_path,
                                    mem_pattern)
+        given = contract
+        if given is None:
+            # Read from the file itself, before ONNX Runtime (whose metadata map keeps the
+            # last of duplicated keys and cannot return values that are not UTF-8).
+            contract = contract_from_metadata(scan_onnx_metadata(self.path), self.path)
+        elif given.problems():
+            raise invalid_contract("the contract passed in", given.problems())
         try:
             self.session = ort.InferenceSession(self.path, options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/NoSuchFile types
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise IsdnetError(f"{self.path} could not be opened by ONNX Runtime: the file is "
-                              f"truncated, corrupt or not ONNX ({text[:160]})") from None
+                              f"truncated, corrupt or not ONNX ({one_line(exc)})") from exc
+        if contract is None:
+            raise missing_contract(self.path, "pass contract=Contract(...) to describe its "
+                                              "inputs")
         if device.is_cuda and "CUDAExecutionProvider" not in self.session.get_providers():
             raise IsdnetError("ONNX Runtime could not use the CUDA provider (no CUDA GPU or "
                               "driver found); use device='cpu'",
                               cli="ONNX Runtime could not use the CUDA provider (no CUDA GPU "
                                   "or driver found); use --device cpu")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if contract is None:
-            if METADATA_KEY not in meta:
-                raise missing_contract(self.path, "pass contract=Contract(...) to describe its "
-                                                  "inputs")
-            contract = Contract.from_json(meta[METADATA_KEY])
+        check_graph(contract, _graph_tensors(self.session.get_inputs()),
+                    _graph_tensors(self.session.get_outputs()), self.path)
         super().__init__(contract, device)
 
     def _run(self, feeds: Mapping[str, np.ndarray],

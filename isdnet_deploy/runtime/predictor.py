@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import IsdnetError
+from ..errors import IsdnetError, one_line
 from . import preprocess
 from .inputs import classify_image
 from .segmenter import Segmenter
@@ -77,9 +77,8 @@ def engine_error(exc: Exception) -> IsdnetError | None:
     """A one-line error for engine failures on one image (e.g. out of memory)."""
     module = type(exc).__module__ or ""
     if isinstance(exc, MemoryError) or module.startswith(("onnxruntime", "tensorrt")):
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         return IsdnetError(f"the inference engine failed on this image ({type(exc).__name__}: "
-                           f"{first}); if it ran out of memory, tile with --max-size")
+                           f"{one_line(exc)}); if it ran out of memory, tile with --max-size")
     return None
 
 

@@ -1,17 +1,42 @@
-"""``Segmenter``: image in, labels out, over any backend, using the artifact's contract."""
+"""``Segmenter``: image in, labels out, over any backend, using the artifact's contract.
+
+Every failure of its public methods is an ``IsdnetError`` (the cause chained), whatever
+raised it underneath: OpenCV, NumPy, an engine, or memory.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from ..contract import OUTPUT_SIZE_INPUT, Contract
-from ..errors import IsdnetError
+from ..errors import IsdnetError, one_line
 from . import preprocess
 from .backend import Backend
 from .inputs import classify_image, is_cuda_array, to_host_array
+
+
+@contextlib.contextmanager
+def one_error_type(action: str, fix: str = "the image or the artifact is not what the "
+                   "artifact's contract describes") -> Iterator[None]:
+    """Turn anything but an IsdnetError raised inside into one, naming ``action`` and
+    what to check (``fix``)."""
+    try:
+        yield
+    except IsdnetError:
+        raise
+    except MemoryError as exc:
+        problem = f"{action} ran out of memory"
+        raise IsdnetError(f"{problem}; tile large images (Predictor with "
+                          "TileSettings(max_size=...)) or give smaller ones",
+                          cli=f"{problem}; tile large images with --max-size") from exc
+    except Exception as exc:
+        raise IsdnetError(f"{action} failed ({type(exc).__name__}: {one_line(exc)}); "
+                          f"{fix}") from exc
 
 
 class Segmenter:
@@ -42,6 +67,10 @@ class Segmenter:
     def feeds(self, image: Any, color: str = "rgb") -> tuple[dict[str, np.ndarray],
                                                                tuple[int, int]]:
         """The artifact's feeds for ``image`` and the size labels must come back at."""
+        with one_error_type("preparing the image"):
+            return self._feeds(image, color)
+
+    def _feeds(self, image: Any, color: str) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
         kind, array = self._rgb(image, color)
         if kind == "nchw":
             return preprocess.feeds_from_normalised(array, self.contract), array.shape[2:]
@@ -67,7 +96,8 @@ class Segmenter:
 
     def run_feeds(self, feeds: dict[str, np.ndarray],
                   out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        return self.backend.run(feeds, out)
+        with one_error_type(f"the {self.backend.name} engine"):
+            return self.backend.run(feeds, out)
 
     def logits(self, image: Any, color: str = "rgb") -> np.ndarray:
         """1 x classes x h x w scores at the size the artifact saw (after test scale)."""
@@ -75,18 +105,25 @@ class Segmenter:
             raise IsdnetError("this artifact outputs labels only; export with "
                               "--output-kind logits to get scores")
         feeds, _ = self.feeds(image, color)
-        return self.backend.run(feeds)["logits"]
+        return self.run_feeds(feeds)["logits"]
 
     def predict(self, image: Any, color: str = "rgb", out: np.ndarray | None = None
                 ) -> np.ndarray:
         """HxW class ids at the input image's size; fills ``out`` when given."""
-        if is_cuda_array(image) and self.backend.device.is_cuda:
-            return self._predict_device(image, out)
-        feeds, size = self.feeds(image, color)
-        return self.finish(self.backend.run(feeds), size, out)
+        with one_error_type("prediction"):
+            if is_cuda_array(image) and self.backend.device.is_cuda:
+                return self._predict_device(image, out)
+            feeds, size = self.feeds(image, color)
+            return self.finish(self.run_feeds(feeds), size, out)
 
     def finish(self, outputs: dict[str, np.ndarray], size: tuple[int, int],
                out: np.ndarray | None = None) -> np.ndarray:
+        """Labels at ``size`` from the artifact's outputs."""
+        with one_error_type("turning outputs into labels"):
+            return self._finish(outputs, size, out)
+
+    def _finish(self, outputs: dict[str, np.ndarray], size: tuple[int, int],
+                out: np.ndarray | None) -> np.ndarray:
         if out is not None and tuple(out.shape) != tuple(size):
             raise IsdnetError(f"out buffer is {out.shape}, labels are {tuple(size)}")
         if "labels" in outputs:
@@ -102,7 +139,7 @@ class Segmenter:
         feeds = {info.name: image}
         if self.contract.output_resize == "graph":
             feeds[OUTPUT_SIZE_INPUT] = np.asarray(size, np.int32)
-        return self.finish(self.backend.run(feeds), size, out)
+        return self.finish(self.run_feeds(feeds), size, out)
 
     def close(self) -> None:
         self.backend.close()
