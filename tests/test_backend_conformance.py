@@ -21,6 +21,14 @@ def _onnxruntime(request, tmp_path):
     return OnnxRuntimeBackend(request.getfixturevalue("onnx_model"))
 
 
+def _openvino(request, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install "
+                                           "'isdnet-deploy[openvino]'")
+    from isdnet_deploy.runtime.openvino_backend import OpenVinoBackend
+
+    return OpenVinoBackend(request.getfixturevalue("onnx_model"))
+
+
 def _torch(request, tmp_path):
     from isdnet_deploy.runtime.torch_backend import TorchBackend
 
@@ -37,7 +45,7 @@ def _tensorrt(request, tmp_path):
                            cudart_module=cuda)
 
 
-OPENERS = {"onnxruntime": _onnxruntime, "torch": _torch, "tensorrt (stand-in)": _tensorrt}
+OPENERS = {"onnxruntime": _onnxruntime, "openvino": _openvino, "torch": _torch, "tensorrt (stand-in)": _tensorrt}
 
 
 @pytest.fixture(params=list(OPENERS))
