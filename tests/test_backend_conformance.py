@@ -45,7 +45,8 @@ def _tensorrt(request, tmp_path):
                            cudart_module=cuda)
 
 
-OPENERS = {"onnxruntime": _onnxruntime, "openvino": _openvino, "torch": _torch, "tensorrt (stand-in)": _tensorrt}
+OPENERS = {"onnxruntime": _onnxruntime, "openvino": _openvino, "torch": _torch,
+           "tensorrt (stand-in)": _tensorrt}
 
 
 @pytest.fixture(params=list(OPENERS))
