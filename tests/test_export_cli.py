@@ -63,6 +63,70 @@ def test_export_json_report(exported):
     assert report["seconds"] > 0
 
 
+def test_export_json_report_has_figures_per_consumer(exported):
+    """By default every installed consumer verifies (the test extra installs OpenVINO)."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install "
+                                           "'isdnet-deploy[openvino]'")
+    _, report = exported
+    assert list(report["verification"]) == ["onnxruntime", "openvino"]
+    for consumer, parity in report["verification"].items():
+        assert parity["consumer"] == consumer and parity["passed"] is True
+        assert parity["decided_agreement"] == 1.0 and parity["size"] == [98, 130]
+    assert report["parity"] == report["verification"]["onnxruntime"]
+
+
+def test_export_verifies_on_the_consumers_named(official_checkpoint, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install "
+                                           "'isdnet-deploy[openvino]'")
+    path = tmp_path / "ov.onnx"
+    result = run("export", official_checkpoint, "-o", path, "--pyramid", "external",
+                 "--size", "98x130", "--verify-on", "openvino")
+    assert result.exit_code == 0, result.output
+    assert "verified on: openvino (each against PyTorch)" in result.stdout
+    assert "parity at 98x130 on openvino" in result.stdout and "PASSED" in result.stdout
+    assert "on onnxruntime" not in result.stdout and "OpenVINO CPU" in result.stdout
+
+
+def test_consumer_that_rejects_the_graph_is_named_and_nothing_written(
+        monkeypatch, official_checkpoint, tmp_path):
+    ov = pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install "
+                                                "'isdnet-deploy[openvino]'")
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("Exception from src/plugins/intel_cpu: [CPU] node X: shape\n"
+                           "inference failed")
+
+    monkeypatch.setattr(ov.Core, "compile_model", refuse)
+    result = run("export", official_checkpoint, "-o", tmp_path / "m.onnx", "--pyramid",
+                 "external", "--size", "98x130")
+    assert_one_line_error(result, "openvino cannot open the graph", "[CPU] node X: shape "
+                          "inference failed", "external pyramid, float in, logits out, 98x130",
+                          "nothing written")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_on_a_consumer_not_installed_is_one_line(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real(name, *a))
+    result = run("export", "-o", tmp_path / "m.onnx", "--verify-on", "onnxruntime,openvino")
+    assert_one_line_error(result, "openvino is not installed",
+                          "pip install 'isdnet-deploy[openvino]'")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--verify-on", "tensorrt"], "'tensorrt' is not an ONNX consumer"),
+    (["--verify-on", ","], "is not an ONNX consumer"),
+    (["--verify-on", "openvino", "--no-verify"], "give one of them"),
+])
+def test_bad_verify_on_is_a_usage_error(tmp_path, args, fragment):
+    assert_usage_error(run("export", "-o", tmp_path / "m.onnx", *args), fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_inspect_json_shows_contract_and_graph(exported):
     path, report = exported
     result = run("inspect", path, "--json")

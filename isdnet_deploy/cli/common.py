@@ -21,7 +21,7 @@ from ..runtime.torch_backend import COMPILE_MODES, PRECISIONS, TorchOptions
 REFERENCE = "reference"
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 # Backends that take a ``threads`` option (TensorRT engines fix their own settings).
-THREADED_BACKENDS = ("onnxruntime", "torch")
+THREADED_BACKENDS = ("onnxruntime", "openvino", "torch")
 
 
 def printable(text: str) -> str:
@@ -163,10 +163,47 @@ class TorchVariantType(click.ParamType):
             self.fail(exc.for_cli(), param, ctx)
 
 
+class ConsumersType(click.ParamType):
+    """Comma-separated ONNX consumers, e.g. onnxruntime,openvino."""
+
+    name = "CONSUMERS"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, ...]:
+        from ..runtime.registry import ONNX_CONSUMERS
+
+        if isinstance(value, tuple):
+            return value
+        names = tuple(dict.fromkeys(n.strip().lower() for n in str(value).split(",")
+                                    if n.strip()))
+        unknown = [n for n in names if n not in ONNX_CONSUMERS]
+        if not names or unknown:
+            self.fail(f"{unknown[0] if unknown else value!r} is not an ONNX consumer; choose "
+                      f"from: {', '.join(ONNX_CONSUMERS)} (comma-separated)", param, ctx)
+        return names
+
+
 SIZE = SizeType()
 DEVICE = DeviceType()
 PROFILE = click.Choice(list(PROFILES), case_sensitive=False)
 TORCH_VARIANT = TorchVariantType()
+CONSUMERS = ConsumersType()
+
+
+def verify_on_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--verify-on onnxruntime,openvino``: the ONNX consumers ``what`` runs on."""
+    return click.option("--verify-on", "verify_on", type=CONSUMERS, default=None,
+                        metavar="onnxruntime,openvino",
+                        help=f"ONNX consumers {what}, comma-separated  [default: onnxruntime, "
+                             "plus openvino when it is installed].")
+
+
+def consumers(verify_on: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The consumers to run: those named, each installed (else one line saying how to
+    install it), or by default every installed one."""
+    from ..runtime.registry import check_consumers, installed_consumers
+
+    return check_consumers(installed_consumers() if verify_on is None else verify_on)
 
 
 def max_pixels_option(command: Callable[..., Any]) -> Callable[..., Any]:

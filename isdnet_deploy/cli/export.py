@@ -35,12 +35,16 @@ from .common import (
     PROFILE,
     SIZE,
     check_json_path,
+    consumers,
     json_option,
     printable,
     progress_option,
     show_progress,
+    verify_on_option,
     write_json,
 )
+
+CONSUMER_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 MIB = 1024 * 1024
 
@@ -117,7 +121,8 @@ def _fast_pyramid_available() -> bool:
               help="deepglobe, inria or cityscapes; default: inferred from the class count "
                    "(deepglobe for random weights).")
 @click.option("--no-verify", is_flag=True,
-              help="Skip the ONNX Runtime vs PyTorch parity check (not recommended).")
+              help="Skip the parity check against PyTorch (not recommended).")
+@verify_on_option("that must each reproduce the PyTorch reference before the file is written")
 @click.option("--verify-size", type=SIZE, default=None,
               help="Size of the parity check.  [default: --size, else 1002x762]")
 @click.option("--atol", type=click.FloatRange(min=0), default=None,
@@ -134,13 +139,14 @@ def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out:
                    dynamic: bool, size: tuple[int, int] | None, opset: int | None,
                    exporter: str, simplify: bool, profile_name: str | None, no_verify: bool,
                    verify_size: tuple[int, int] | None, atol: float | None,
-                   rtol: float | None, fast_pyramid: bool, json_path: str | None,
-                   no_progress: bool) -> None:
+                   rtol: float | None, fast_pyramid: bool, verify_on: tuple[str, ...] | None,
+                   json_path: str | None, no_progress: bool) -> None:
     """Export CHECKPOINT (official ISDNet .pth) to ONNX and check it against PyTorch.
 
     Without CHECKPOINT the model has random weights (warned): fine for timing, useless for
-    predictions. The file only appears once ONNX Runtime agrees with the PyTorch reference;
-    otherwise the command exits 1 and writes nothing.
+    predictions. The file only appears once every ONNX consumer of --verify-on (ONNX
+    Runtime, and OpenVINO when installed) agrees with the PyTorch reference; otherwise the
+    command exits 1 and writes nothing.
 
     Example: isdnet-deploy export isdnet_deepglobe.pth -o isdnet.onnx --input uint8
     """
@@ -157,6 +163,10 @@ def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out:
                              None if no_verify else verify_size, output_resize)
     except IsdnetError as exc:  # a combination of options that cannot work
         raise click.UsageError(str(exc)) from None
+    if no_verify and verify_on is not None:
+        raise click.UsageError("--verify-on names where to verify, --no-verify skips "
+                               "verifying: give one of them")
+    verify_on = () if no_verify else consumers(verify_on)
     profile = get_profile(profile_name) if profile_name else None
     out_path = check_output_path(out, ".onnx")
     json_file = check_json_path(json_path)
@@ -183,7 +193,7 @@ def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out:
 
     options: dict[str, Any] = {k: v for k, v in (("opset", opset), ("atol", atol),
                                                  ("rtol", rtol)) if v is not None}
-    message = "exporting" if no_verify else "exporting and verifying in ONNX Runtime"
+    message = "exporting" if no_verify else f"exporting and verifying on {', '.join(verify_on)}"
     with _step(message, shown):
         report = export_onnx(model, out_path, pyramid=pyramid, input=input_kind,
                              output=output_kind, output_resize=output_resize,
@@ -191,7 +201,7 @@ def export_command(checkpoint: str | None, outputs: tuple[str, ...], legacy_out:
                              dynamic=size is None, size=size, exporter=exporter,
                              simplify=simplify, verify=not no_verify, verify_size=verify_size,
                              profile=profile.name if profile else None,
-                             fast_pyramid=fast_pyramid, **options)
+                             fast_pyramid=fast_pyramid, verify_on=verify_on, **options)
     fast_used = fast_pyramid and pyramid == "graph" and _fast_pyramid_available()
 
     if json_path is not None:
@@ -223,23 +233,27 @@ def _export_lines(report: Any, source: str, load_seconds: float, fast_used: bool
         f"  export{'' if report.parity is None else ' + verification'}: "
         f"{report.seconds:.1f} s",
     ]
-    p = report.parity
-    if p is None:
+    if not report.verification:
         lines.append("  parity: NOT verified (--no-verify)")
         return lines
-    h, w = p.size
-    if p.max_abs_diff is None:
-        lines.append(f"  parity at {h}x{w}: labels output, judged on argmax agreement "
-                     f"(tolerance {p.tolerance:.2e} sets the decided margin)")
-    else:
-        lines.append(f"  parity at {h}x{w}: max |logit diff| {p.max_abs_diff:.2e}, mean "
-                     f"{p.mean_abs_diff:.2e}, tolerance {p.tolerance:.2e} (atol {p.atol:g} + "
-                     f"rtol {p.rtol:g} x max|ref|)")
-    lines.append(f"  argmax agreement {p.argmax_agreement:.4%} of pixels, "
-                 f"{p.decided_agreement:.4%} of decided pixels: "
-                 f"{'PASSED' if p.passed else 'FAILED'}")
-    lines.append(f"  one run at {h}x{w}: ONNX Runtime CPU {p.ort_seconds * 1000:.0f} ms, "
-                 f"PyTorch {p.torch_seconds * 1000:.0f} ms (single cold runs, not a benchmark)")
+    lines.append(f"  verified on: {', '.join(report.verification)} (each against PyTorch)")
+    for consumer, p in report.verification.items():
+        h, w = p.size
+        if p.max_abs_diff is None:
+            lines.append(f"  parity at {h}x{w} on {consumer}: labels output, judged on argmax "
+                         f"agreement (tolerance {p.tolerance:.2e} sets the decided margin)")
+        else:
+            lines.append(f"  parity at {h}x{w} on {consumer}: max |logit diff| "
+                         f"{p.max_abs_diff:.2e}, mean {p.mean_abs_diff:.2e}, tolerance "
+                         f"{p.tolerance:.2e} (atol {p.atol:g} + rtol {p.rtol:g} x max|ref|)")
+        lines.append(f"    argmax agreement {p.argmax_agreement:.4%} of pixels, "
+                     f"{p.decided_agreement:.4%} of decided pixels: "
+                     f"{'PASSED' if p.passed else 'FAILED'}")
+    first = report.parity
+    runs = ", ".join(f"{CONSUMER_NAMES.get(c, c)} CPU {p.consumer_seconds * 1000:.0f} ms"
+                     for c, p in report.verification.items())
+    lines.append(f"  one run at {first.size[0]}x{first.size[1]}: {runs}, PyTorch "
+                 f"{first.torch_seconds * 1000:.0f} ms (single cold runs, not a benchmark)")
     return lines
 
 

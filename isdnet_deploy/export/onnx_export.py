@@ -1,8 +1,9 @@
 """ONNX export of the reference model, verified against it before the file appears.
 
 The file is written to a temporary name beside the target, checked with onnx.checker, run
-in ONNX Runtime on a seeded input and compared with the PyTorch reference; only an export
-within tolerance is renamed into place.
+on every ONNX consumer asked for (ONNX Runtime, and OpenVINO when it is installed: two
+independent implementations of the op set) on a seeded input and compared with the PyTorch
+reference on each; only an export within tolerance on all of them is renamed into place.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,10 @@ from ..contract import (
     embed_in_onnx,
     invalid_contract,
 )
-from ..errors import IsdnetError, missing
+from ..errors import IsdnetError, missing, one_line
 from ..fileio import atomic_output, check_output_path
 from ..profiles import MAX_SIZE, MIN_SIZE, get_profile, profile_for_classes
+from ..runtime.registry import check_consumers, installed_consumers
 from .graph import DeployGraph
 from .portability import ensure_int32_safe
 
@@ -54,6 +56,9 @@ _FORWARD_INPUTS = ("image", "residual", OUTPUT_SIZE_INPUT)
 
 @dataclass
 class Parity:
+    """How one consumer's run of the export compares with the PyTorch reference."""
+
+    consumer: str
     size: tuple[int, int]
     max_abs_diff: float | None
     mean_abs_diff: float | None
@@ -64,7 +69,7 @@ class Parity:
     rtol: float
     min_agreement: float
     passed: bool
-    ort_seconds: float
+    consumer_seconds: float
     torch_seconds: float
 
 
@@ -74,13 +79,20 @@ class ExportReport:
     seconds: float
     file_bytes: int
     contract: Contract
-    parity: Parity | None = None
+    verification: dict[str, Parity] = field(default_factory=dict)  # consumer -> figures
     simplified: bool = False
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def parity(self) -> Parity | None:
+        """The first consumer's figures (ONNX Runtime's unless told otherwise); None when
+        the export was not verified."""
+        return next(iter(self.verification.values()), None)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["contract"] = asdict(self.contract)
+        data["parity"] = None if self.parity is None else asdict(self.parity)
         return data
 
 
@@ -215,8 +227,21 @@ def verify_onnx(path: str | Path, model: torch.nn.Module, contract: Contract,
                 size: tuple[int, int], *, atol: float = 1e-4, rtol: float = DEFAULT_RTOL,
                 min_agreement: float = 1.0, seed: int = 0,
                 backend: str = "onnxruntime") -> Parity:
-    """Open the ONNX file through the runtime (ONNX Runtime CPU by default) and compare it
-    with the PyTorch reference on one seeded input.
+    """Open the ONNX file through the runtime's ``backend`` (an ONNX consumer on the CPU:
+    ONNX Runtime by default, or OpenVINO) and compare it with the PyTorch reference on one
+    seeded input; ``verify_on_consumers`` with one consumer."""
+    return verify_on_consumers(path, model, contract, size, (backend,), atol=atol, rtol=rtol,
+                               min_agreement=min_agreement, seed=seed)[backend]
+
+
+def verify_on_consumers(path: str | Path, model: torch.nn.Module, contract: Contract,
+                        size: tuple[int, int], consumers: Sequence[str], *,
+                        atol: float = 1e-4, rtol: float = DEFAULT_RTOL,
+                        min_agreement: float = 1.0, seed: int = 0) -> dict[str, Parity]:
+    """Run the ONNX file on each of ``consumers`` (runtime backends on the CPU) and compare
+    each with the PyTorch reference on one seeded input, through one comparator (the
+    reference runs once). A consumer that cannot open or run the graph raises an
+    ``IsdnetError`` starting with its name and quoting its own message.
 
     The tolerance is ``atol + rtol * max|ref|``: float32 itself is that noisy at this depth
     (the same PyTorch model in float32 vs float64 differs by ~1e-5 of the largest logit), so
@@ -244,24 +269,77 @@ def verify_onnx(path: str | Path, model: torch.nn.Module, contract: Contract,
             logits = np.ascontiguousarray(resized.transpose(2, 0, 1)[None])
         return Outputs(labels=logits.argmax(axis=1)[0], logits=logits)
 
-    with open_backend(path, backend, "cpu", contract=contract) as opened:
+    def side(consumer: str, opened: Any) -> tuple[str, Callable[[object], Outputs]]:
         def candidate(_: object) -> Outputs:
-            (result,) = opened.run(feeds).values()
+            try:
+                (result,) = opened.run(feeds).values()
+            except Exception as exc:  # the consumer's own runtime error
+                raise IsdnetError(f"{consumer} cannot run the graph: {one_line(exc)}") from exc
             if contract.output_kind == "labels":
                 return Outputs(labels=result.reshape(result.shape[-2:]))
             return Outputs(labels=result.argmax(axis=1)[0], logits=result)
+        return consumer, candidate
 
-        comparator = Comparator(("pytorch", reference), [(backend, candidate)],
-                                contract.num_classes, tolerance=tolerance_of)
+    with contextlib.ExitStack() as stack:
+        sides = []
+        for consumer in consumers:
+            try:
+                opened = open_backend(path, consumer, "cpu", contract=contract)
+            except IsdnetError as exc:
+                raise IsdnetError(f"{consumer} cannot open the graph: {exc}") from exc
+            sides.append(side(consumer, stack.enter_context(opened)))
+        comparator = Comparator(("pytorch", reference), sides, contract.num_classes,
+                                tolerance=tolerance_of)
         tolerance = tolerance_of(comparator.add(None)["pytorch"])
-    stats = comparator.stats[0]
-    close = stats.max_abs_diff is None or stats.max_abs_diff <= tolerance
-    return Parity(size=tuple(size), max_abs_diff=stats.max_abs_diff,
-                  mean_abs_diff=stats.mean_abs_diff, argmax_agreement=stats.agreement,
-                  decided_agreement=stats.decided_agreement, tolerance=tolerance, atol=atol,
-                  rtol=rtol, min_agreement=min_agreement,
-                  passed=close and stats.decided_agreement >= min_agreement,
-                  ort_seconds=stats.seconds[0], torch_seconds=comparator.reference_seconds[0])
+    results = {}
+    for consumer, stats in zip(consumers, comparator.stats, strict=True):
+        close = stats.max_abs_diff is None or stats.max_abs_diff <= tolerance
+        results[consumer] = Parity(
+            consumer=consumer, size=tuple(size), max_abs_diff=stats.max_abs_diff,
+            mean_abs_diff=stats.mean_abs_diff, argmax_agreement=stats.agreement,
+            decided_agreement=stats.decided_agreement, tolerance=tolerance, atol=atol,
+            rtol=rtol, min_agreement=min_agreement,
+            passed=close and stats.decided_agreement >= min_agreement,
+            consumer_seconds=stats.seconds[0], torch_seconds=comparator.reference_seconds[0])
+    return results
+
+
+def variant_name(contract: Contract, simplified: bool = False) -> str:
+    """The export variant in a few words, e.g. 'graph pyramid, uint8 in, labels out,
+    dynamic': what a verification failure names."""
+    size = "dynamic" if contract.dynamic else "x".join(map(str, contract.fixed_size or []))
+    return (f"{contract.pyramid} pyramid, {contract.input_kind} in, {contract.output_kind} "
+            f"out, {size}{', simplified' if simplified else ''}")
+
+
+def _verify(path: str, model: torch.nn.Module, contract: Contract, variant: str,
+            size: tuple[int, int], consumers: Sequence[str], atol: float,
+            rtol: float) -> dict[str, Parity]:
+    """``verify_on_consumers``, every refusal or disagreement one error naming the consumer
+    and the variant (the caller then writes nothing)."""
+    try:
+        verification = verify_on_consumers(path, model, contract, size, consumers, atol=atol,
+                                           rtol=rtol)
+    except IsdnetError as exc:
+        raise IsdnetError(f"the export ({variant}) fails: {exc}; nothing written") from exc
+    failed = [p for p in verification.values() if not p.passed]
+    if not failed:
+        return verification
+    from ..model.checkpoint import describe_nonfinite, nonfinite_weights
+
+    bad = nonfinite_weights(model.state_dict())
+    if bad:
+        raise IsdnetError(
+            f"the exported model cannot match the PyTorch reference: the model has "
+            f"{describe_nonfinite(bad)}, so its logits are not finite (max |diff| "
+            f"{failed[0].max_abs_diff}); use a checkpoint from before training "
+            "diverged; nothing written")
+    shown = "; ".join(
+        f"on {p.consumer} max |diff| {p.max_abs_diff} (allowed {p.tolerance:.2e} = atol {atol} "
+        f"+ rtol {rtol} x max|ref|), agreement on decided pixels {p.decided_agreement:.4%} "
+        f"(needed >= {p.min_agreement:.2%})" for p in failed)
+    raise IsdnetError(f"exported model ({variant}) disagrees with the PyTorch reference at "
+                      f"{failed[0].size[0]}x{failed[0].size[1]}: {shown}; nothing written")
 
 
 def _trace_to_onnx(graph: DeployGraph, path: str, contract: Contract, example: tuple,
@@ -341,9 +419,13 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
                 simplify: bool = False, verify: bool = True,
                 verify_size: tuple[int, int] | None = None, atol: float = 1e-4,
                 rtol: float = DEFAULT_RTOL, profile: str | None = None,
-                fast_pyramid: bool = True,
+                fast_pyramid: bool = True, verify_on: Sequence[str] | None = None,
                 progress: Callable[[str], None] = lambda step: None) -> ExportReport:
     """Export ``model`` to a self-describing ONNX file at ``path``; see the module doc.
+
+    ``verify_on`` names the ONNX consumers to verify on (``runtime.registry.ONNX_CONSUMERS``;
+    default: every one installed). A consumer that cannot open the graph or disagrees with
+    the reference stops the export with its own message: nothing is written.
 
     ``output_resize`` (labels outputs; default "graph"): "graph" resizes the logits to an
     ``output_size`` input inside the graph before the argmax, as the official pipeline
@@ -353,6 +435,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
     output_resize = output_resize or default_output_resize(output)
     check_export_options(pyramid, input, output, labels_dtype, dynamic, size, exporter, opset,
                          verify_size, output_resize)
+    consumers = (check_consumers(installed_consumers() if verify_on is None else verify_on)
+                 if verify else ())
     path = check_output_path(path, ".onnx")
     contract = build_contract(model, pyramid=pyramid, input_kind=input, output_kind=output,
                               labels_dtype=labels_dtype, dynamic=dynamic, size=size,
@@ -361,6 +445,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
     # Never write a file every runtime would refuse (e.g. more classes than uint8 labels hold).
     if contract.problems():
         raise invalid_contract("the model", contract.problems())
+    variant = variant_name(contract, simplify)
     graph = DeployGraph(_for_export(model, fast_pyramid), pyramid=pyramid, input_kind=input,
                         output_kind=output, labels_dtype=labels_dtype,
                         output_resize=output_resize,
@@ -381,30 +466,15 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, pyramid: str = "gra
         if simplify:
             progress("simplifying")
         _finalise_proto(tmp, contract, simplify)
-        parity = None
-        if verify:
-            progress("verifying")
-            parity = verify_onnx(tmp, model, contract, verify_size or size or
-                                 DEFAULT_VERIFY_SIZE, atol=atol, rtol=rtol)
-            if not parity.passed:
-                from ..model.checkpoint import describe_nonfinite, nonfinite_weights
-
-                bad = nonfinite_weights(model.state_dict())
-                if bad:
-                    raise IsdnetError(
-                        f"the exported model cannot match the PyTorch reference: the model has "
-                        f"{describe_nonfinite(bad)}, so its logits are not finite (max |diff| "
-                        f"{parity.max_abs_diff}); use a checkpoint from before training "
-                        "diverged; nothing written")
-                raise IsdnetError(
-                    f"exported model disagrees with the PyTorch reference at "
-                    f"{parity.size[0]}x{parity.size[1]}: max |diff| {parity.max_abs_diff} "
-                    f"(allowed {parity.tolerance:.2e} = atol {atol} + rtol {rtol} x max|ref|), "
-                    f"agreement on decided pixels {parity.decided_agreement:.4%} (needed "
-                    f">= {parity.min_agreement:.2%}); nothing written")
+        verification = {}
+        if consumers:
+            progress(f"verifying on {', '.join(consumers)}")
+            verification = _verify(tmp, model, contract, variant,
+                                   verify_size or size or DEFAULT_VERIFY_SIZE, consumers, atol,
+                                   rtol)
     seconds = time.perf_counter() - start
     return ExportReport(path=str(path), seconds=seconds, file_bytes=path.stat().st_size,
-                        contract=contract, parity=parity, simplified=simplify)
+                        contract=contract, verification=verification, simplified=simplify)
 
 
 def _for_export(model: torch.nn.Module, fast_pyramid: bool) -> torch.nn.Module:
