@@ -34,6 +34,7 @@ from isdnet_deploy.engine.precision import (
 )
 from isdnet_deploy.errors import IsdnetError
 from isdnet_deploy.runtime.preprocess import prepare_feeds
+from isdnet_deploy.runtime.registry import installed_consumers
 
 SIZE = (256, 256)
 
@@ -455,7 +456,8 @@ def test_verification_opens_both_models_through_the_runtime(monkeypatch, tmp_pat
 
     monkeypatch.setattr(runtime, "open_backend", spy)
     convert_fp16(src, tmp_path / "out.onnx", size=(64, 64), num_verify=1, progress=False)
-    assert opened == [(".onnx", "onnxruntime", "cpu")] * 2
+    assert opened == [(".onnx", consumer, "cpu") for consumer in installed_consumers()
+                      for _ in ("fp32", "fp16")]
 
 
 def test_converted_model_onnx_runtime_rejects_is_one_line_and_writes_nothing(
@@ -475,7 +477,7 @@ def test_converted_model_onnx_runtime_rejects_is_one_line_and_writes_nothing(
     monkeypatch.setattr(float16, "convert_float_to_float16", mistyped)
     src = smooth_standin(tmp_path / "smooth.onnx")
     dst = tmp_path / "out.onnx"
-    with pytest.raises(IsdnetError, match="the fp16 model does not run on ONNX Runtime") as info:
+    with pytest.raises(IsdnetError, match="the fp16 model does not run on onnxruntime") as info:
         convert_fp16(src, dst, size=(64, 64), num_verify=1, progress=False)
     assert "\n" not in str(info.value) and "corrupt" not in str(info.value)
     assert "nothing was written" in str(info.value) and "Type" in str(info.value)

@@ -11,11 +11,13 @@ from ..fileio import check_output_path
 from .common import (
     SIZE,
     check_json_path,
+    consumers,
     json_option,
     max_pixels_option,
     printable,
     progress_option,
     show_progress,
+    verify_on_option,
     write_json,
 )
 
@@ -43,7 +45,9 @@ def _show(message: Warning | str, category: type[Warning], *args: object,
               help="fp16: comma-separated op types kept in FP32 "
                    "[default: Resize,ArgMax,ReduceMean,Sigmoid,Softmax].")
 @click.option("--verify", "num_verify", default=4, show_default=True,
-              help="Inputs compared against the FP32 model on ONNX Runtime CPU.")
+              help="Inputs compared against the FP32 model on each --verify-on consumer.")
+@verify_on_option("on which the converted model is compared with the FP32 model (each on "
+                  "the same consumer)")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
               help="Write nothing when argmax agreement with FP32 is lower (e.g. 0.99); "
                    "without it a low agreement is only warned about.")
@@ -61,8 +65,9 @@ def _show(message: Warning | str, category: type[Warning], *args: object,
 def quantize_command(model: str, precision: str, calib: str | None, max_calib: int,
                      num_synthetic: int, size: tuple[int, int] | None, keep_fp32: str | None,
                      num_verify: int, min_agreement: float | None, seed: int,
-                     output: str | None, json_path: str | None, report_path: str | None,
-                     target: str, max_pixels: int, no_progress: bool) -> None:
+                     verify_on: tuple[str, ...] | None, output: str | None,
+                     json_path: str | None, report_path: str | None, target: str,
+                     max_pixels: int, no_progress: bool) -> None:
     """Convert an exported FP32 ONNX model to FP16 or INT8 for TensorRT 10 and 11.
 
     Example: isdnet-deploy quantize model.onnx --precision int8 --calib images/ -o model.int8.onnx
@@ -76,8 +81,10 @@ def quantize_command(model: str, precision: str, calib: str | None, max_calib: i
                     "works for now", fg="yellow", err=True)
         json_path = json_path or report_path
     json_file = check_json_path(json_path)
-    common = {"num_verify": num_verify, "size": size, "min_agreement": min_agreement,
-              "seed": seed, "progress": show_progress(no_progress), "max_pixels": max_pixels}
+    verify_on = consumers(verify_on)
+    common = {"verify_on": verify_on, "num_verify": num_verify, "size": size,
+              "min_agreement": min_agreement, "seed": seed,
+              "progress": show_progress(no_progress), "max_pixels": max_pixels}
     with warnings.catch_warnings():
         # Shown as they happen (the synthetic-calibration warning before calibrating).
         warnings.simplefilter("always", prec.CalibrationWarning)

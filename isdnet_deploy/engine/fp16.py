@@ -28,10 +28,11 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike,
                  verify_images: ImageChoice = None,
                  num_verify: int = 4, size: tuple[int, int] | None = None,
                  min_agreement: float | None = None, seed: int = 0,
-                 progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS
-                 ) -> PrecisionReport:
+                 progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 verify_on: Sequence[str] | None = None) -> PrecisionReport:
     """FP16 weights and activations with FP32 I/O; ``keep_fp32`` op types stay FP32.
 
+    ``verify_on``: the ONNX consumers it is verified on (default: every installed one).
     Shape, index and integer-cast arithmetic stays FP32 too (see ``graph_passes``). The
     source is indexed once for those analyses; the converted model is indexed after its
     outputs are re-routed, for the round-trip pass.
@@ -65,6 +66,6 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike,
     drop_fp16_round_trips(GraphIndex(converted))  # indexed again: outputs were re-routed
     with atomic_output(dst) as tmp:
         return finish_conversion(tmp, src, dst, converted, contract, "fp16", source,
-                                 num_verify, min_agreement, progress,
+                                 num_verify, min_agreement, progress, verify_on,
                                  kept_fp32=sorted(set(keep_fp32)),
                                  calibration=source.describe())

@@ -50,7 +50,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike,
                   op_types: Sequence[str] | None = None, exclude_head: bool = True,
                   keep_pyramid_float: bool = True,
                   target: str = "tensorrt", progress: bool = True,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PrecisionReport:
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  verify_on: Sequence[str] | None = None) -> PrecisionReport:
     """Static INT8 as Q/DQ nodes, in the form the target runs fast.
 
     The classifier head (``exclude_head``) and the in-graph Laplacian pyramid
@@ -127,6 +128,6 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike,
         result = onnx.load(os.fspath(quantized))
         with atomic_output(dst) as tmp:
             return finish_conversion(tmp, src, dst, result, contract, "int8", verify_source,
-                                     num_verify, min_agreement, progress,
+                                     num_verify, min_agreement, progress, verify_on,
                                      excluded_nodes=excluded,
                                      calibration=describe_split(source, verify_source))

@@ -22,6 +22,7 @@ import logging
 import os
 import statistics
 import warnings
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +33,8 @@ import onnx
 
 from .. import runtime
 from ..contract import Contract, embed_in_onnx, load_onnx_proto, require_contract
-from ..errors import IsdnetError
+from ..errors import IsdnetError, one_line
+from ..runtime.registry import check_consumers, installed_consumers
 
 if TYPE_CHECKING:
     from .calibration import ImageSource
@@ -75,6 +77,9 @@ class PrecisionReport:
     kept_fp32: list[str] = field(default_factory=list)
     excluded_nodes: list[str] = field(default_factory=list)
     calibration: str = ""
+    # consumer -> the figures above on it, each against the fp32 model on the same consumer;
+    # the top-level figures are the first consumer's
+    verified_on: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,14 +93,16 @@ class PrecisionReport:
             ("file size", f"{self.source_bytes / mib:.2f} MiB -> {self.output_bytes / mib:.2f} "
                           f"MiB ({self.output_bytes / max(self.source_bytes, 1):.0%})"),
             ("verified on", f"{self.num_verify} input(s) of {self.size[0]}x{self.size[1]}, "
-                            "ONNX Runtime CPU"),
-            ("argmax agreement", f"{self.agreement:.4%}"),
-            ("mIoU vs fp32", f"{self.miou_vs_fp32:.4f}"),
-            ("CPU ms/forward", f"fp32 {self.ms_fp32:.1f}, {self.precision} "
-                               f"{self.ms_converted:.1f}"),
+                            f"{', '.join(self.verified_on or ['onnxruntime'])} (CPU), each "
+                            "against fp32 on the same consumer"),
         ]
-        if self.max_abs_diff is not None:
-            rows.append(("max |logit diff|", f"{self.max_abs_diff:.4g}"))
+        for consumer, stats in (self.verified_on or {"onnxruntime": asdict(self)}).items():
+            figures = (f"argmax agreement {stats['agreement']:.4%}, mIoU vs fp32 "
+                       f"{stats['miou_vs_fp32']:.4f}")
+            if stats["max_abs_diff"] is not None:
+                figures += f", max |logit diff| {stats['max_abs_diff']:.4g}"
+            rows.append((consumer, f"{figures}; ms/forward fp32 {stats['ms_fp32']:.1f}, "
+                                   f"{self.precision} {stats['ms_converted']:.1f}"))
         if self.kept_fp32:
             rows.append(("kept in fp32", ", ".join(self.kept_fp32)))
         if self.calibration:
@@ -114,13 +121,13 @@ def load_fp32(path: Path) -> tuple[onnx.ModelProto, Contract]:
 
 # --- verification -----------------------------------------------------------------------------
 
-def _open_converted(path: Path) -> runtime.Backend:
-    """Open a just-converted model; if ONNX Runtime cannot load it, raise ONNX Runtime's
+def _open_converted(path: Path, backend: str) -> runtime.Backend:
+    """Open a just-converted model; if the consumer cannot load it, raise the consumer's
     own error. The backend's wording ("truncated, corrupt or not ONNX") is meant for a
     user's file; for a graph written moments ago the reason (a type error, an unsupported
     op) is what the user needs to see."""
     try:
-        return runtime.open_backend(path, "onnxruntime", "cpu")
+        return runtime.open_backend(path, backend, "cpu")
     except IsdnetError as exc:
         raise (exc.__context__ or exc) from None
 
@@ -136,12 +143,14 @@ def _labels(output: np.ndarray, contract: Contract) -> np.ndarray:
 
 
 def verify_against(reference: Path, candidate: Path, contract: Contract, source: ImageSource,
-                   num_verify: int, progress: bool = True) -> dict[str, Any]:
+                   num_verify: int, progress: bool = True,
+                   backend: str = "onnxruntime") -> dict[str, Any]:
     """Argmax agreement, mIoU, logit difference and CPU time of ``candidate`` vs FP32, by the
     project's one comparator.
 
-    Both models are opened through the runtime (its ONNX Runtime backend on the CPU), as a
-    deployment opens them. ONNX Runtime's errors about ``candidate`` propagate as raised.
+    Both models are opened through the runtime's ``backend`` (an ONNX consumer, on the CPU),
+    as a deployment opens them. The consumer's errors about ``candidate`` propagate as
+    raised.
     """
     from tqdm.auto import tqdm
 
@@ -155,15 +164,16 @@ def verify_against(reference: Path, candidate: Path, contract: Contract, source:
         return run
 
     with ExitStack() as opened:
-        ref = opened.enter_context(runtime.open_backend(reference, "onnxruntime", "cpu"))
-        cand = opened.enter_context(_open_converted(candidate))
+        ref = opened.enter_context(runtime.open_backend(reference, backend, "cpu"))
+        cand = opened.enter_context(_open_converted(candidate, backend))
         warm = source.feeds(0)
         ref_warm = ref.run(warm)[ref.output_names[0]]  # first runs allocate: not timed
         cand.run(warm)
         num_classes = contract.num_classes or int(ref_warm.shape[1])
         comparator = Comparator(("fp32", side(ref)), [("converted", side(cand))], num_classes)
         n = min(num_verify, source.count) if source.images else num_verify
-        for i in tqdm(range(n), desc="verifying", unit="input", disable=not progress):
+        for i in tqdm(range(n), desc=f"verifying on {backend}", unit="input",
+                      disable=not progress):
             comparator.add(warm if i == 0 else source.feeds(i))
             if comparator.stats[0].nonfinite:
                 raise IsdnetError(f"the converted model produced {comparator.stats[0].nonfinite}"
@@ -182,37 +192,45 @@ def verify_against(reference: Path, candidate: Path, contract: Contract, source:
 def finish_conversion(tmp: Path, src: Path, dst: Path, model: onnx.ModelProto,
                       contract: Contract, precision: str, source: ImageSource, num_verify: int,
                       min_agreement: float | None, progress: bool,
+                      verify_on: Sequence[str] | None = None,
                       **report_fields: Any) -> PrecisionReport:
     """The last step of both transforms: embed the contract with ``precision``, save to
-    ``tmp``, verify against ``src``, refuse below ``min_agreement`` and warn below
+    ``tmp``, verify against ``src`` on every consumer of ``verify_on`` (default: every
+    installed one), refuse below ``min_agreement`` on any of them and warn below
     ``WARN_AGREEMENT``. The caller moves ``tmp`` to ``dst`` when this returns."""
+    consumers = check_consumers(installed_consumers() if verify_on is None else verify_on)
     new_contract = replace(contract, precision=precision,
                            opset=max((o.version for o in model.opset_import
                                       if o.domain in ("", "ai.onnx")), default=contract.opset))
     embed_in_onnx(model, new_contract)
     onnx.save_model(model, os.fspath(tmp))
-    try:
-        stats = verify_against(src, tmp, contract, source, num_verify, progress)
-    except IsdnetError:
-        raise
-    except Exception as exc:  # ONNX Runtime's Fail/InvalidGraph/RuntimeException…
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
-        raise IsdnetError(f"the {precision} model does not run on ONNX Runtime ({first}); "
-                          "nothing was written") from None
+    verified_on = {}
+    for consumer in consumers:
+        try:
+            verified_on[consumer] = verify_against(src, tmp, contract, source, num_verify,
+                                                   progress, consumer)
+        except IsdnetError as exc:
+            raise IsdnetError(f"on {consumer}: {exc}") from exc
+        except Exception as exc:  # the consumer's Fail/InvalidGraph/RuntimeError…
+            raise IsdnetError(f"the {precision} model does not run on {consumer} "
+                              f"({one_line(exc)}); nothing was written") from None
+    first = verified_on[consumers[0]]
     report = PrecisionReport(precision=precision, source=os.fspath(src), output=os.fspath(dst),
                              source_bytes=src.stat().st_size, output_bytes=tmp.stat().st_size,
-                             size=list(source.size), **stats, **report_fields)
-    if min_agreement is not None and report.agreement < min_agreement:
+                             size=list(source.size), **first, verified_on=verified_on,
+                             **report_fields)
+    worst_consumer, worst = min(verified_on.items(), key=lambda item: item[1]["agreement"])
+    if min_agreement is not None and worst["agreement"] < min_agreement:
         raise IsdnetError(
-            f"the {precision} model agrees with fp32 on only {report.agreement:.2%} of pixels "
-            f"(required {min_agreement:.2%}); nothing was written. "
+            f"the {precision} model agrees with fp32 on only {worst['agreement']:.2%} of pixels "
+            f"on {worst_consumer} (required {min_agreement:.2%}); nothing was written. "
             + ("Calibrate on real images (--calib DIR)" if precision == "int8"
                else "Keep more ops in fp32 (--keep-fp32)")
             + " or lower --min-agreement")
-    if report.agreement < WARN_AGREEMENT:
-        message = (f"the {precision} model agrees with fp32 on only {report.agreement:.2%} of "
-                   f"pixels (mIoU vs fp32 {report.miou_vs_fp32:.3f}); check its accuracy "
-                   "before deploying it")
+    if worst["agreement"] < WARN_AGREEMENT:
+        message = (f"the {precision} model agrees with fp32 on only {worst['agreement']:.2%} "
+                   f"of pixels on {worst_consumer} (mIoU vs fp32 {worst['miou_vs_fp32']:.3f}); "
+                   "check its accuracy before deploying it")
         warnings.warn(message, AgreementWarning, stacklevel=3)
     log.info("%s model verified: %.4f%% argmax agreement", precision, 100 * report.agreement)
     return report
