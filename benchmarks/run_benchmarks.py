@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -346,7 +347,14 @@ def _markdown(rows: list[list[str]], machine: dict, settings: dict,
                   f"pyramid overlapped with inference): {pipeline['pipeline_fps']:.3f} FPS vs "
                   f"{pipeline['sequential_fps']:.3f} FPS sequential "
                   f"({pipeline['ratio']:.2f}x)."]
-    return "\n".join(lines) + "\n"
+    return _without_folders("\n".join(lines) + "\n")
+
+
+def _without_folders(text: str) -> str:
+    """results.md is committed and read elsewhere: absolute paths of this machine's scratch
+    folders (checkpoint, calibration images) would mean nothing there, so they keep only
+    their last component (results.json keeps the full paths)."""
+    return re.sub(r"(?<![\w.])/(?:[^\s/;:()]+/)+([^\s/;:()]+)", r"\1", text)
 
 
 def _plot(per_size: dict[str, tuple[list[MethodResult], dict[str, float]]], path: Path) -> None:

@@ -211,7 +211,8 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
                     for name in [ref_name, *(name for name, _ in sides)]} if labels else {}
         worst: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-        warn_random_weights([(_label(path, seg), seg.contract) for path, seg in opened.items()])
+        warn_random_weights([(_label(path, seg), seg.contract) for path, seg in
+                             zip((*candidates, reference_path), opened, strict=True)])
         click.echo(printable(f"comparing {len(sides)} candidate(s) with {ref_name} on "
                              f"{described}"), err=True)
         for item in tqdm(inputs, desc="compare", unit="input",
