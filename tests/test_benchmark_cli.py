@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from isdnet_deploy.cli import main
+from isdnet_deploy.runtime.registry import installed_consumers
 
 TINY = "64x64"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -83,14 +84,46 @@ def test_compare_random_inputs(cli, exported, tmp_path):
     result = invoke(cli, ["compare", "reference", exported["graph"], "--random", 1,
                           "--size", "64x96", "--heatmap", heatmap, "--json", out_json])
     assert result.exit_code == 0, result.output
-    (cand,) = json.loads(out_json.read_text())["candidates"]
-    assert cand["pixels"] == 64 * 96
-    assert cand["agreement"] >= 0.999
-    assert cand["logits"]["max_abs_diff"] < 1e-3 * max(1.0, cand["logits"]["reference_max_abs"])
-    assert cand["logits"]["min_cosine_similarity"] > 0.9999
-    picture = cv2.imread(str(heatmap))
-    assert picture is not None and picture.shape == (64, 96, 3)
+    report = json.loads(out_json.read_text())
+    assert report["verified_on"] == list(installed_consumers())  # the default
+    assert [c["backend"] for c in report["candidates"]] == report["verified_on"]
+    for index, cand in enumerate(report["candidates"]):
+        assert cand["name"] == f"graph.onnx ({cand['backend']} fp32)"
+        assert cand["pixels"] == 64 * 96
+        assert cand["agreement"] >= 0.999
+        assert cand["logits"]["max_abs_diff"] < 1e-3 * max(
+            1.0, cand["logits"]["reference_max_abs"])
+        assert cand["logits"]["min_cosine_similarity"] > 0.9999
+        one = len(report["candidates"]) == 1
+        path = heatmap if one else heatmap.with_name(f"diff-{index + 1}-graph_"
+                                                     f"{cand['backend']}.png")
+        picture = cv2.imread(str(path))
+        assert picture is not None and picture.shape == (64, 96, 3)
     assert "argmax agreement" in result.stdout and "graph.onnx" in result.stdout
+    assert f".onnx candidates run on: {', '.join(report['verified_on'])}" in result.stdout
+
+
+def test_compare_on_the_consumers_named(cli, exported, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install "
+                                           "'isdnet-deploy[openvino]'")
+    out_json = tmp_path / "compare.json"
+    result = invoke(cli, ["compare", exported["graph"], exported["external"], "--random", 1,
+                          "--size", "64x64", "--verify-on", "openvino", "--json", out_json])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out_json.read_text())
+    # the reference runs on the first consumer named, each candidate on each
+    assert report["reference"] == "graph.onnx (openvino fp32)"
+    (cand,) = report["candidates"]
+    assert cand["name"] == "external.onnx (openvino fp32)" and cand["agreement"] >= 0.999
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--verify-on", "tvm"], "'tvm' is not an ONNX consumer"),
+    (["--verify-on", "openvino", "--device", "cuda"], "OpenVINO runs on the CPU"),
+])
+def test_compare_bad_verify_on_is_a_usage_error(cli, exported, args, fragment):
+    result = invoke(cli, ["compare", "reference", exported["graph"], *args])
+    assert result.exit_code == 2 and fragment in result.stderr, result.output
 
 
 def test_compare_with_ground_truth(cli, exported, tmp_path):
@@ -100,7 +133,7 @@ def test_compare_with_ground_truth(cli, exported, tmp_path):
     out_json = tmp_path / "compare.json"
     result = invoke(cli, ["compare", exported["graph"], exported["external"],
                           "--images", tmp_path / "set", "--labels", tmp_path / "set",
-                          "--json", out_json])
+                          "--json", out_json, "--verify-on", "onnxruntime"])
     assert result.exit_code == 0, result.output
     # an artifact as reference needs no torch model; the random exports are warned once
     (warning,) = [line for line in result.stderr.splitlines() if "RANDOM" in line]
@@ -123,7 +156,7 @@ def _cuda_provider() -> bool:
 @pytest.mark.parametrize(("args", "message"), [
     (["benchmark", "{graph}", "--device", "cuda", "--json", "{tmp}/never.json"],
      "onnxruntime-gpu"),
-    (["benchmark", "{graph}", "--backend", "openvino"], "unknown backend 'openvino'"),
+    (["benchmark", "{graph}", "--backend", "tvm"], "unknown backend 'tvm'"),
     (["benchmark", "{tmp}/model.txt"], "cannot tell what"),
     (["compare", "reference", "{tmp}/model.txt"], "cannot tell what"),
     (["benchmark", "--no-reference"], "nothing to benchmark"),

@@ -24,6 +24,7 @@ from .common import (
     SIZE,
     check_json_path,
     check_torch_settings,
+    consumers,
     is_torch_artifact,
     json_option,
     max_pixels_option,
@@ -35,6 +36,7 @@ from .common import (
     show_progress,
     torch_options,
     torch_variant_option,
+    verify_on_option,
     warn_random_weights,
     write_json,
 )
@@ -108,6 +110,16 @@ def _variant(reference: Any, options: TorchOptions, threads: int | None, scale: 
                                   **options.as_kwargs()), scale=scale)
 
 
+def _backends(path: str, verify_on: tuple[str, ...], candidate: bool) -> tuple[str, ...]:
+    """How ``path`` is opened: an ONNX file on every consumer when it is a candidate, on the
+    first when it is the reference; anything else by its extension."""
+    from ..runtime import backend_for
+
+    if path == REFERENCE or backend_for(path) != "onnxruntime":
+        return ("auto",)
+    return verify_on if candidate else verify_on[:1]
+
+
 def _heatmap_path(base: Path, index: int, count: int, name: str) -> Path:
     if count == 1:
         return base
@@ -134,6 +146,8 @@ def _heatmap_path(base: Path, index: int, count: int, name: str) -> Path:
 @click.option("--heatmap", type=click.Path(dir_okay=False), default=None,
               help="PNG of where each candidate's labels differ from the reference's (on the "
                    "input where they differ most); one file per candidate when several.")
+@verify_on_option("each .onnx CANDIDATE runs on, each judged against REFERENCE (an .onnx "
+                  "REFERENCE runs on the first)")
 @json_option("all figures")
 @torch_variant_option("Also compare REFERENCE (a .pth or 'reference') under these settings "
                       "with itself as it is (eager fp32).")
@@ -143,7 +157,8 @@ def _heatmap_path(base: Path, index: int, count: int, name: str) -> Path:
 def compare_command(reference_path: str, candidates: tuple[str, ...], random_count: int,
                     images: str | None, labels: str | None, size: tuple[int, int] | None,
                     profile: str, device: str, threads: int | None, heatmap: str | None,
-                    json_path: str | None, torch_variants: tuple[TorchOptions, ...],
+                    verify_on: tuple[str, ...] | None, json_path: str | None,
+                    torch_variants: tuple[TorchOptions, ...],
                     torch_options: TorchOptions, max_pixels: int,
                     no_progress: bool) -> None:
     """How closely each CANDIDATE reproduces REFERENCE (a .pth checkpoint, the word
@@ -177,21 +192,28 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
     hw = size or prof.test_size
     json_file = check_json_path(json_path)
     heatmap_file = output_file(heatmap, ".png")
+    if device != "cpu" and verify_on is not None and "openvino" in verify_on:
+        raise click.UsageError("OpenVINO runs on the CPU: drop openvino from --verify-on or "
+                               "use --device cpu")
+    verify_on = consumers(("onnxruntime",) if device != "cpu" else verify_on)
     inputs, described = _inputs(images, labels, random_count, hw, prof, max_pixels)
     scale = images is not None
 
     with contextlib.ExitStack() as stack:
-        opened = []
-        for path in (*candidates, reference_path):  # files first: quick, and they fail fast
-            segmenter, _ = open_artifact(
-                path, profile=prof.name if path == REFERENCE else None, device=device,
-                threads=threads, scale=scale,
-                torch_options=torch_options if len(opened) < len(candidates) else None)
-            opened.append(stack.enter_context(segmenter))
-        ref_path, ref = reference_path, opened[-1]
+        opened = []  # (path, segmenter): an .onnx CANDIDATE once per consumer
+        for index, path in enumerate((*candidates, reference_path)):  # files first: quick,
+            candidate = index < len(candidates)                        # and they fail fast
+            for backend in _backends(path, verify_on, candidate):
+                segmenter, _ = open_artifact(
+                    path, profile=prof.name if path == REFERENCE else None, device=device,
+                    threads=threads, scale=scale, backend=backend,
+                    torch_options=torch_options if candidate else None)
+                opened.append((path, stack.enter_context(segmenter)))
+        ref_path, ref = opened[-1]
         # (path, display name, segmenter, what names its heatmap file)
-        others = [(path, _label(path, seg), seg, path)
-                  for path, seg in zip(candidates, opened[:-1], strict=True)]
+        others = [(path, _label(path, seg), seg,
+                   f"{Path(path).stem}_{seg.backend.name}" if len(verify_on) > 1 else path)
+                  for path, seg in opened[:-1]]
         for options in torch_variants:
             name = f"pytorch {options.label}"
             others.append((reference_path, name,
@@ -211,8 +233,7 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
                     for name in [ref_name, *(name for name, _ in sides)]} if labels else {}
         worst: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-        warn_random_weights([(_label(path, seg), seg.contract) for path, seg in
-                             zip((*candidates, reference_path), opened, strict=True)])
+        warn_random_weights([(_label(path, seg), seg.contract) for path, seg in opened])
         click.echo(printable(f"comparing {len(sides)} candidate(s) with {ref_name} on "
                              f"{described}"), err=True)
         for item in tqdm(inputs, desc="compare", unit="input",
@@ -241,7 +262,8 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
              percent(s["agreement"], 3, "%"), percent(s["decided_agreement"], 3, "%"),
              percent(s["miou_vs_reference"], 3, "%")]
             for s in summaries]
-    click.echo(printable(f"reference: {ref_name}; inputs: {described}"))
+    click.echo(printable(f"reference: {ref_name}; inputs: {described}; .onnx candidates run "
+                         f"on: {', '.join(verify_on)}"))
     click.echo(printable(grid(["candidate", "max |logit diff|", "mean |logit diff|",
                                "cosine (min)", "argmax agreement", "decided agreement",
                                "mIoU vs reference"], rows)))
@@ -252,7 +274,8 @@ def compare_command(reference_path: str, candidates: tuple[str, ...], random_cou
                "'decided_pixels' in --json")
 
     result: dict[str, Any] = {"schema": "isdnet_deploy.compare/1", "reference": ref_name,
-                              "inputs": described, "candidates": summaries,
+                              "inputs": described, "verified_on": list(verify_on),
+                              "candidates": summaries,
                               "decided_tolerance": {"atol": DECIDED_ATOL,
                                                     "rtol": DECIDED_RTOL}}
     if accuracy:
