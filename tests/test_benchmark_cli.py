@@ -156,7 +156,6 @@ def _cuda_provider() -> bool:
 @pytest.mark.parametrize(("args", "message"), [
     (["benchmark", "{graph}", "--device", "cuda", "--json", "{tmp}/never.json"],
      "onnxruntime-gpu"),
-    (["benchmark", "{graph}", "--backend", "tvm"], "unknown backend 'tvm'"),
     (["benchmark", "{tmp}/model.txt"], "cannot tell what"),
     (["compare", "reference", "{tmp}/model.txt"], "cannot tell what"),
     (["benchmark", "--no-reference"], "nothing to benchmark"),

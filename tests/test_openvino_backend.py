@@ -121,3 +121,53 @@ def test_backend_shares_nothing_between_instances(onnx_model) -> None:
     first.close()
     np.testing.assert_array_equal(second.run(feeds)["logits"], expected)
     second.close()
+
+
+# --- the command line: --backend openvino wherever artifacts are opened ----------------------
+
+def test_benchmark_times_the_openvino_backend(cli, onnx_model) -> None:
+    result = cli("benchmark", onnx_model, "--backend", "openvino", "--no-reference",
+                 "--size", "64x64", "--warmup", 0, "--iters", 1, "--no-peak", "--no-flops",
+                 "--threads", 1)
+    assert result.exit_code == 0, result.output
+    assert "openvino fp32" in result.stdout
+
+
+def test_infer_and_evaluate_on_openvino_label_as_onnx_runtime(cli, onnx_model, tmp_path) -> None:
+    import cv2
+
+    from isdnet_deploy.data.samples import generate_sample_set
+
+    generate_sample_set(tmp_path / "set", "deepglobe", count=1, size=(80, 80))
+    for backend, name in (("openvino", "openvino"), ("auto", "onnxruntime")):
+        result = cli("infer", onnx_model, tmp_path / "set", "-o", tmp_path / backend,
+                     "--backend", backend, "--no-progress")
+        assert result.exit_code == 0, result.output
+        assert f"({name})" in result.stdout
+    (written,) = sorted((tmp_path / "openvino").glob("*_labels.png"))
+    ov_labels = cv2.imread(str(written), cv2.IMREAD_UNCHANGED)
+    ort_labels = cv2.imread(str(tmp_path / "auto" / written.name), cv2.IMREAD_UNCHANGED)
+    assert (ov_labels == ort_labels).mean() > 0.999
+    result = cli("evaluate", onnx_model, "--images", tmp_path / "set", "--backend", "openvino",
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "(openvino)" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--backend", "tvm"], "'tvm' is not one of 'auto', 'onnxruntime', 'tensorrt', "
+                           "'openvino', 'torch'"),
+    (["--openvino-precision", "bf16"], "add --backend openvino"),
+])
+def test_bad_backend_options_are_usage_errors(cli, onnx_model, args, fragment) -> None:
+    result = cli("benchmark", onnx_model, "--no-reference", *args)
+    assert result.exit_code == 2 and fragment in result.stderr, result.output
+
+
+@pytest.mark.skipif(NATIVE_BF16, reason="this CPU has native BF16: nothing to refuse")
+def test_bf16_on_the_command_line_without_native_bf16_is_one_line(cli, onnx_model) -> None:
+    result = cli("benchmark", onnx_model, "--no-reference", "--backend", "openvino",
+                 "--openvino-precision", "bf16", "--size", "64x64")
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "no native BF16" in line and line.endswith("use f32")

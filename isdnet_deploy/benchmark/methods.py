@@ -98,6 +98,8 @@ def method_name(segmenter: Segmenter, include_pyramid: bool = False) -> str:
     if isinstance(backend, TorchBackend):
         return f"torch backend {backend.options.label}"
     name = f"{backend.name} {contract.precision}"
+    if getattr(backend, "precision", None) == "bf16":  # OpenVINO's bf16 inference precision
+        name = f"{backend.name} bf16" if contract.precision == "fp32" else f"{name} (bf16)"
     if backend.device.is_cuda and backend.name == "onnxruntime":
         name += f" {backend.device}"
     if contract.pyramid == "external":

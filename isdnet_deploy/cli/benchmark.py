@@ -17,7 +17,9 @@ from .common import (
     DEVICE,
     PROFILE,
     SIZE,
+    backend_options,
     check_json_path,
+    check_openvino_precision,
     check_torch_settings,
     is_torch_artifact,
     json_option,
@@ -53,11 +55,10 @@ from .common import (
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Rounds for --interleave.")
 @click.option("--device", type=DEVICE, default="cpu", show_default=True)
-@click.option("--backend", default="auto", show_default=True,
-              help="Backend for every ARTIFACT (auto: by extension; onnxruntime, tensorrt, "
-                   "torch).")
+@backend_options
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Intra-op threads for PyTorch and ONNX Runtime (default: the libraries').")
+              help="Intra-op threads for PyTorch, ONNX Runtime and OpenVINO (default: the "
+                   "libraries').")
 @click.option("--no-reference", is_flag=True,
               help="Leave out the PyTorch reference; the first ARTIFACT becomes the baseline.")
 @click.option("--include-pyramid", is_flag=True,
@@ -81,7 +82,8 @@ from .common import (
 @progress_option
 def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profile: str,
                       size: tuple[int, int] | None, warmup: int, iters: int, interleave: bool,
-                      rounds: int, device: str, backend: str, threads: int | None,
+                      rounds: int, device: str, backend: str, openvino_precision: str,
+                      threads: int | None,
                       no_reference: bool, include_pyramid: bool, json_path: str | None,
                       plot_path: str | None, flops: bool, peak: bool, ort_profile: bool,
                       seed: int, torch_variants: tuple[TorchOptions, ...],
@@ -111,6 +113,7 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
     from ..benchmark.protocol import run_interleaved, run_protocol
 
     _check_torch_variants(torch_variants, no_reference)
+    check_openvino_precision(openvino_precision, backend)
     require_torch_artifact(torch_options, artifacts, backend,
                            "; --torch-variant times the reference under such settings")
     check_torch_settings((torch_options, *torch_variants), device)
@@ -123,9 +126,9 @@ def benchmark_command(artifacts: tuple[str, ...], checkpoint: str | None, profil
         raise IsdnetError("nothing to benchmark: --no-reference with no ARTIFACT; pass an "
                           ".onnx/.engine file or drop --no-reference")
     with contextlib.ExitStack() as stack:
-        segmenters = [stack.enter_context(open_artifact(p, backend=backend, device=device,
-                                                        threads=threads, scale=False,
-                                                        torch_options=torch_options)[0])
+        segmenters = [stack.enter_context(open_artifact(
+            p, backend=backend, device=device, threads=threads, scale=False,
+            torch_options=torch_options, openvino_precision=openvino_precision)[0])
                       for p in artifacts]
         reference = None
         if not no_reference:

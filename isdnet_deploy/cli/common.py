@@ -16,6 +16,8 @@ import click
 from ..errors import IsdnetError, missing
 from ..fileio import check_output_path
 from ..profiles import DEFAULT_PROFILE, PROFILES, Profile, get_profile, parse_size
+from ..runtime.openvino_backend import PRECISIONS as OPENVINO_PRECISIONS
+from ..runtime.registry import BACKENDS
 from ..runtime.torch_backend import COMPILE_MODES, PRECISIONS, TorchOptions
 
 REFERENCE = "reference"
@@ -86,11 +88,13 @@ def reference_backend(checkpoint: str | None, profile: Profile, device: str,
 
 def open_artifact(spec: str, *, profile: str | None = None, device: str | None = None,
                   threads: int | None = None, scale: bool = True, backend: str = "auto",
-                  torch_options: TorchOptions | None = None) -> tuple[Any, str]:
+                  torch_options: TorchOptions | None = None,
+                  openvino_precision: str = "f32") -> tuple[Any, str]:
     """(Segmenter, display name) for an artifact path or the word ``reference``.
 
     ``device`` None means the backend's own default (CUDA for TensorRT engines).
-    ``torch_options`` apply when the artifact opens with the torch backend.
+    ``torch_options`` apply when the artifact opens with the torch backend,
+    ``openvino_precision`` when it opens with OpenVINO.
     """
     from .. import runtime
 
@@ -106,6 +110,8 @@ def open_artifact(spec: str, *, profile: str | None = None, device: str | None =
         options["profile"] = get_profile(profile).name
     if kind == "torch" and torch_options is not None:
         options.update(torch_options.as_kwargs())
+    if kind == "openvino":
+        options["precision"] = openvino_precision
     segmenter = runtime.load(spec, backend, device, scale=scale, **options)
     own = segmenter.contract.profile
     if profile and own and own != get_profile(profile).name:
@@ -188,6 +194,32 @@ DEVICE = DeviceType()
 PROFILE = click.Choice(list(PROFILES), case_sensitive=False)
 TORCH_VARIANT = TorchVariantType()
 CONSUMERS = ConsumersType()
+BACKEND = click.Choice(["auto", *BACKENDS])
+
+
+def backend_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--backend`` (which runtime backend opens the artifact files) and
+    ``--openvino-precision`` (how the OpenVINO backend computes)."""
+    options = [
+        click.option("--backend", type=BACKEND, default="auto", show_default=True,
+                     help="Backend for the artifact files (auto: by extension, ONNX Runtime "
+                          "for .onnx; openvino: OpenVINO's CPU plugin for .onnx)."),
+        click.option("--openvino-precision", type=click.Choice(OPENVINO_PRECISIONS),
+                     default="f32", show_default=True,
+                     help="OpenVINO inference precision for --backend openvino (bf16: only on "
+                          "CPUs with native BF16, AVX-512 BF16 or AMX; refused elsewhere)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def check_openvino_precision(precision: str, backend: str) -> None:
+    """An OpenVINO precision with no artifact opened by OpenVINO is a usage error."""
+    if precision == "f32" or backend == "openvino":
+        return
+    raise click.UsageError(f"--openvino-precision {precision} applies to artifacts opened "
+                           "with --backend openvino; add --backend openvino")
 
 
 def verify_on_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -28,7 +28,9 @@ from .common import (
     PROFILE,
     REFERENCE,
     SIZE,
+    backend_options,
     check_json_path,
+    check_openvino_precision,
     check_torch_settings,
     json_option,
     max_pixels_option,
@@ -61,7 +63,7 @@ def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", type=DEVICE, default=None,
                      help="[default: cuda for TensorRT engines, else cpu]."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="CPU threads for ONNX Runtime / PyTorch."),
+                     help="CPU threads for ONNX Runtime / OpenVINO / PyTorch."),
         click.option("--no-scale", is_flag=True,
                      help="Feed images at their own size instead of the profile's test "
                           "scale (DeepGlobe: x0.8)."),
@@ -77,7 +79,7 @@ def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         command = option(command)
-    return progress_option(max_pixels_option(command))
+    return backend_options(progress_option(max_pixels_option(command)))
 
 
 def _ms(value: float) -> str:
@@ -112,8 +114,9 @@ def _report_failures(report: BatchReport, what: str) -> None:
 def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_images: bool,
                   profile: str | None, device: str | None, threads: int | None,
                   no_scale: bool, tile: tuple[int, int] | None,
-                  max_size: tuple[int, int] | None, overlap: float, max_pixels: int,
-                  torch_options: TorchOptions, no_progress: bool) -> None:
+                  max_size: tuple[int, int] | None, overlap: float, backend: str,
+                  openvino_precision: str, max_pixels: int, torch_options: TorchOptions,
+                  no_progress: bool) -> None:
     """Segment JPEG/PNG/TIFF images (files or folders) with ARTIFACT.
 
     ARTIFACT is an .onnx, .engine or .pth file, or 'reference' (random weights). Each
@@ -134,7 +137,8 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
     Example: isdnet-deploy infer model.onnx images/ -o out/ --overlay
     """
     tiles = tile_settings(tile, max_size, overlap)
-    require_torch_artifact(torch_options, [artifact])
+    check_openvino_precision(openvino_precision, backend)
+    require_torch_artifact(torch_options, [artifact], backend)
     check_torch_settings([torch_options], device)
     check_writable_dir(output)
     paths, failures, masks = collect_inputs(inputs, output,
@@ -151,7 +155,9 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
         _report_failures(report, "inputs")
     segmenter, name = open_artifact(artifact, profile=profile, device=device,
                                     threads=threads, scale=not no_scale,
-                                    torch_options=torch_options)
+                                    backend="auto" if artifact == REFERENCE else backend,
+                                    torch_options=torch_options,
+                                    openvino_precision=openvino_precision)
     with segmenter:
         predictor = Predictor(segmenter, tiles)
         report = BatchReport(total=len(failures), failures=list(failures))
@@ -252,8 +258,8 @@ def _artifact_json(result: ArtifactResult, scores: dict[str, Any], report: Batch
 def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None,
                      json_path: str | None, profile: str | None, device: str | None,
                      threads: int | None, no_scale: bool, tile: tuple[int, int] | None,
-                     max_size: tuple[int, int] | None, overlap: float, max_pixels: int,
-                     no_progress: bool) -> None:
+                     max_size: tuple[int, int] | None, overlap: float, backend: str,
+                     openvino_precision: str, max_pixels: int, no_progress: bool) -> None:
     """Accuracy of one or more ARTIFACTS on images with ground-truth masks.
 
     Per-class IoU, F1, precision and recall, mIoU and pixel accuracy (the paper's metrics)
@@ -267,13 +273,16 @@ def evaluate_command(artifacts: tuple[str, ...], images: str, labels: str | None
     from ..metrics.segmentation import DEFINITIONS, format_scores
 
     tiles = tile_settings(tile, max_size, overlap)
+    check_openvino_precision(openvino_precision, backend)
     json_file = check_json_path(json_path)
     opened: dict[str, tuple[Any, str]] = {}
     try:
         for spec in artifacts:  # files first: they are quick to open and name the profile
             if spec != REFERENCE and spec not in opened:
                 opened[spec] = open_artifact(spec, profile=profile, device=device,
-                                             threads=threads, scale=not no_scale)
+                                             threads=threads, scale=not no_scale,
+                                             backend=backend,
+                                             openvino_precision=openvino_precision)
         prof = _resolve_profile(artifacts, profile, opened)
         pairs, unpaired_images, unpaired_masks = pair_files(images, labels, prof)
         if unpaired_images:
