@@ -43,6 +43,7 @@ DEFAULT_OPSET = 17
 COLORS = ("rgb", "bgr")
 DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64")
 LAYOUT_AXES = "NCHW"  # a layout names each axis once, from these letters (e.g. NHWC, HW)
+SIZE_LAYOUT = "S"  # the one exception: OUTPUT_SIZE_INPUT, a vector [height, width]
 
 # Schema bounds. Test scales: ISDNet's configs use 0.8 (DeepGlobe, Inria) and 1.0
 # (Cityscapes), mmsegmentation's multi-scale testing 0.5-1.75; above 2 a contract would
@@ -358,8 +359,13 @@ def _tensor_problems(role: str, specs: Any) -> list[str]:
             found.append(f"{what} has dtype {_shown(spec.dtype)}, not one of "
                          f"{', '.join(DTYPES)}")
         layout = spec.layout
-        if not (isinstance(layout, str) and 1 <= len(layout) <= 4
-                and set(layout) <= set(LAYOUT_AXES) and len(set(layout)) == len(layout)):
+        if layout == SIZE_LAYOUT:
+            if (role, spec.name, spec.dtype, spec.shape) != ("inputs", OUTPUT_SIZE_INPUT,
+                                                             "int32", [2]):
+                found.append(f"{what} has layout 'S', which only the int32 [2] input "
+                             f"{OUTPUT_SIZE_INPUT!r} may have")
+        elif not (isinstance(layout, str) and 1 <= len(layout) <= 4
+                  and set(layout) <= set(LAYOUT_AXES) and len(set(layout)) == len(layout)):
             found.append(f"{what} has layout {_shown(layout)}, not axes named once from "
                          f"{LAYOUT_AXES} (e.g. NCHW, NHWC, HW)")
         shape = spec.shape

@@ -263,3 +263,16 @@ def test_weights_only_refusal_keeps_its_reason(tmp_path):
         load_model(path)
     assert "Unsupported global" in str(info.value) or "weights_only" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_size_layout_only_for_the_output_size_input():
+    """Labels exports that resize in the graph take ``output_size``, an int32 [2] vector
+    whose layout is 'S'; no other tensor may claim that layout."""
+    from isdnet_deploy.contract import OUTPUT_SIZE_INPUT, TensorSpec, _tensor_problems
+
+    image = TensorSpec("image", "float32", "NCHW", [1, 3, "height", "width"])
+    size = TensorSpec(OUTPUT_SIZE_INPUT, "int32", "S", [2])
+    assert _tensor_problems("inputs", [image, size]) == []
+    wrong = TensorSpec("mask", "int32", "S", [2])
+    assert any("only the int32 [2] input" in p for p in _tensor_problems("inputs", [wrong]))
+    assert _tensor_problems("outputs", [TensorSpec(OUTPUT_SIZE_INPUT, "int32", "S", [2])])
