@@ -1,6 +1,7 @@
 """The README's results table: PyTorch eager vs optimised PyTorch (torch.compile, bf16,
 channels-last: ``--torch-variant``) vs ONNX Runtime (FP32, and INT8 where the quantizer is
-available) with the paper's FPS protocol, measured side by side in one run.
+available) vs OpenVINO (f32, bf16 where the CPU has native BF16, and the same INT8 Q/DQ
+file) with the paper's FPS protocol, measured side by side in one run.
 
     python benchmarks/run_benchmarks.py                      # paper counts (20 + 100), slow
     python benchmarks/run_benchmarks.py --warmup 3 --iters 10 --rounds 3
@@ -9,7 +10,9 @@ Per size: Algorithm 1 for every method (the reference re-warmed before each), th
 interleaved run (A B C A B C ...) whose median per-round ratio is the speed-up to trust on
 a shared machine. Torch variants are compiled before timing (their compile time is a column
 of its own) and checked against eager fp32 with the comparator on held-out synthetic
-images; a variant that fails to compile is skipped with the cause. Also: prefetch Pipeline
+images; a variant that fails to compile is skipped with the cause. The other engines are
+checked the same way against ONNX Runtime fp32; OpenVINO bf16 on a CPU without native BF16
+is skipped with that reason (OpenVINO would quietly run f32). Also: prefetch Pipeline
 vs sequential throughput for an external-pyramid artifact (JPEG decode + OpenCV pyramid
 overlapped with inference).
 Writes results.md, results.json and results.png into --output.
@@ -114,6 +117,30 @@ def _artifacts(model: Any, out: Path, profile: str, int8: str, calib: int,
     return paths, int8_check
 
 
+def _openvino_segmenters(paths: dict[str, Path], options: dict[str, Any]
+                         ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """OpenVINO f32 and bf16 on the fp32 file and f32 on the INT8 Q/DQ file (its precision
+    is in the graph), as segmenters by method name; and the methods skipped, with why (bf16
+    on a CPU without native BF16)."""
+    from isdnet_deploy import runtime
+
+    engines, skips = {}, []
+    wanted = [("openvino f32", "fp32", "f32"), ("openvino bf16", "fp32", "bf16"),
+              ("openvino int8", "int8", "f32")]
+    for name, kind, precision in wanted:
+        if kind not in paths:
+            continue
+        try:
+            engines[name] = runtime.load(paths[kind], backend="openvino", scale=False,
+                                         precision=precision, **options)
+        except IsdnetError as exc:
+            if precision != "bf16":
+                raise
+            click.echo(f"skipped {name}: {exc}", err=True)
+            skips.append((name, str(exc)))
+    return engines, skips
+
+
 def _calibration_images(folder: Path, profile: str, count: int) -> list[Path]:
     """``count`` + 4 synthetic images of the profile's kind (data.samples): the quantizer
     calibrates on ``count`` and verifies on the 4 it holds out."""
@@ -146,11 +173,13 @@ def _int8_accuracy(segmenters: dict[str, Any], profile: str, size: tuple[int, in
 
 
 def _torch_parity(reference: Any, variants: dict[str, Any], profile: str,
-                  size: tuple[int, int], count: int) -> list[dict[str, Any]]:
-    """Each torch variant against eager fp32 through the one comparator, on held-out
-    synthetic images at ``size`` (seeds the INT8 calibration never used): max |logit diff|,
-    argmax agreement, and agreement on decided pixels (reference top-2 margin above twice
-    export verification's tolerance)."""
+                  size: tuple[int, int], count: int,
+                  reference_name: str = "pytorch eager") -> list[dict[str, Any]]:
+    """Each variant (torch settings, or another engine) against the reference backend
+    (eager fp32, or ONNX Runtime fp32) through the one comparator, on held-out synthetic
+    images at ``size`` (seeds the INT8 calibration never used): max |logit diff|, argmax
+    agreement, and agreement on decided pixels (reference top-2 margin above twice export
+    verification's tolerance)."""
     from isdnet_deploy.cli.compare import DECIDED_ATOL, DECIDED_RTOL, segmenter_side
     from isdnet_deploy.data.samples import synthetic_pair
     from isdnet_deploy.metrics.comparator import compare, relative_tolerance
@@ -161,7 +190,7 @@ def _torch_parity(reference: Any, variants: dict[str, Any], profile: str,
 
     images = [(synthetic_pair(profile, size[0], size[1], [3, i])[0], None)
               for i in range(count)]
-    result = compare(side("pytorch eager", reference),
+    result = compare(side(reference_name, reference),
                      [side(name, backend) for name, backend in variants.items()], images,
                      reference.contract.num_classes,
                      tolerance=relative_tolerance(DECIDED_ATOL, DECIDED_RTOL))
@@ -270,11 +299,11 @@ def _rows(size: tuple[int, int], results: list[MethodResult], medians: dict[str,
             for r in results]
 
 
-def _parity_lines(parity: list[dict[str, Any]], weights: str) -> list[str]:
+def _parity_lines(parity: list[dict[str, Any]], weights: str,
+                  title: str = "Torch variants against eager fp32") -> list[str]:
     if not parity:
         return []
-    lines = ["", "Torch variants against eager fp32 (the comparator, held-out synthetic images; "
-             f"model: {weights}"
+    lines = ["", f"{title} (the comparator, held-out synthetic images; model: {weights}"
              + ("; RANDOM weights: a random ISDNet flips labels under any rounding, so only "
                 "the fp32 rows' decided-pixel agreement means anything" if
                 weights == "random weights" else "") + "):", "",
@@ -296,7 +325,8 @@ def _markdown(rows: list[list[str]], machine: dict, settings: dict,
         f"Measured {settings['date']} on {machine['cpu_model']} "
         f"({machine['physical_cores']} cores), {settings['threads_text']}; float32 matmul peak "
         f"{machine.get('matmul_gflops', 0):.0f} GFLOP/s; torch "
-        f"{packages.get('torch')}, onnxruntime {packages.get('onnxruntime')}.",
+        f"{packages.get('torch')}, onnxruntime {packages.get('onnxruntime')}, openvino "
+        f"{packages.get('openvino')}.",
         f"Protocol: {settings['warmup']} warm-up + {settings['iters']} timed forwards per method "
         f"on a random 1x3xHxW input, re-warm rule; interleaved: {settings['rounds']} rounds of "
         "the same. Engine forward only (inputs prepared once). Load average during the run: "
@@ -310,6 +340,8 @@ def _markdown(rows: list[list[str]], machine: dict, settings: dict,
         *("| " + " | ".join(r) + " |" for r in rows),
     ]
     lines += _parity_lines(settings.get("torch_parity") or [], settings["reference"])
+    lines += _parity_lines(settings.get("engine_parity") or [], settings["reference"],
+                           "Engines against ONNX Runtime fp32")
     lines += [f"Skipped {item['method']} at {item['size']}: {item['reason']}"
               for item in settings.get("skipped") or []]
     check = settings.get("int8_check")
@@ -422,11 +454,15 @@ def _plot(per_size: dict[str, tuple[list[MethodResult], dict[str, float]]], path
                    "compile=none|inductor[:MODE], precision=fp32|bf16, channels_last.")
 @click.option("--parity-images", type=click.IntRange(min=0), default=2, show_default=True,
               help="Held-out synthetic images per size for the torch variants' parity with "
-                   "eager fp32 (0: none).")
+                   "eager fp32 and the engines' with ONNX Runtime fp32 (0: none).")
+@click.option("--openvino/--no-openvino", default=None,
+              help="Time OpenVINO f32 / bf16 / int8 beside ONNX Runtime  [default: when "
+                   "openvino is installed].")
 def main(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
          checkpoint: str | None, profile: str, int8: str, calib: int, accuracy_images: int,
          memory_size: str, pipeline: bool, pipeline_frames: int, output: str,
-         artifacts: str | None, torch_variants: tuple[str, ...], parity_images: int) -> None:
+         artifacts: str | None, torch_variants: tuple[str, ...], parity_images: int,
+         openvino: bool | None) -> None:
     """Produce the README's results table (markdown + JSON + PNG)."""
     try:
         variants = tuple(TorchOptions.parse(v) for v in torch_variants if v != "none")
@@ -434,9 +470,16 @@ def main(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
             variant.check_device(Device())
     except IsdnetError as exc:
         raise click.UsageError(str(exc)) from None
+    import importlib.util
+
+    if openvino is None:
+        openvino = importlib.util.find_spec("openvino") is not None
+    elif openvino and importlib.util.find_spec("openvino") is None:
+        raise click.ClickException("openvino is not installed; install it with: pip install "
+                                   "'isdnet-deploy[openvino]' (or pass --no-openvino)")
     args = (sizes, warmup, iters, rounds, threads, checkpoint, profile, int8, calib,
             accuracy_images, memory_size, pipeline, pipeline_frames, variants, parity_images,
-            Path(output))
+            openvino, Path(output))
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         _run(*args, Path(artifacts))
@@ -448,8 +491,8 @@ def main(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
 def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
          checkpoint: str | None, profile: str, int8: str, calib: int, accuracy_images: int,
          memory_size: str, pipeline: bool, pipeline_frames: int,
-         variants: tuple[TorchOptions, ...], parity_images: int, out: Path,
-         work: Path) -> None:
+         variants: tuple[TorchOptions, ...], parity_images: int, openvino: bool,
+         out: Path, work: Path) -> None:
     import torch
 
     from isdnet_deploy import runtime
@@ -467,6 +510,7 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
     options = {"threads": threads} if threads else {}
     segmenters = {k: runtime.load(paths[k], scale=False, **options)
                   for k in ("fp32", "int8") if k in paths}
+    engines, engine_skips = _openvino_segmenters(paths, options) if openvino else ({}, [])
     eager = TorchBackend(None, "cpu", model=model, profile=prof.name)
     torch_backends = {torch_name(v): TorchBackend(None, "cpu", model=model, profile=prof.name,
                                                   **v.as_kwargs()) for v in variants}
@@ -480,6 +524,7 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
     runs: dict[str, Any] = {}
     accuracy: list[dict[str, Any]] = []
     parity: list[dict[str, Any]] = []
+    engine_parity: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for size in size_list:
         label = f"{size[0]}x{size[1]}"
@@ -494,6 +539,10 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
                 skipped.append({"method": name, "size": label, "reason": str(exc)})
         methods += [segmenter_method(seg, size, name=f"onnxruntime {kind}", flops=flops)
                     for kind, seg in segmenters.items()]
+        methods += [segmenter_method(seg, size, name=name, flops=flops)
+                    for name, seg in engines.items()]
+        skipped += [{"method": name, "size": label, "reason": reason}
+                    for name, reason in engine_skips]
         click.echo(f"{label}: protocol", err=True)
         results = run_protocol(methods, warmup, iters, peak_gflops=peak)
         click.echo(f"{label}: interleaved, {rounds} rounds", err=True)
@@ -510,6 +559,15 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
             click.echo(f"{label}: parity " + ", ".join(
                 f"{p['method']} {p['agreement']:.4%} (decided {p['decided_agreement']:.4%})"
                 for p in parity[-len(compiled):]), err=True)
+        others = {name: seg.backend for name, seg in engines.items()}
+        if "int8" in segmenters:
+            others = {"onnxruntime int8": segmenters["int8"].backend, **others}
+        if others and parity_images:
+            engine_parity += _torch_parity(segmenters["fp32"].backend, others, prof.name, size,
+                                           parity_images, "onnxruntime fp32")
+            click.echo(f"{label}: vs onnxruntime fp32 " + ", ".join(
+                f"{p['method']} {p['agreement']:.4%} (decided {p['decided_agreement']:.4%})"
+                for p in engine_parity[-len(others):]), err=True)
         if "int8" in segmenters and accuracy_images:
             accuracy.append(_int8_accuracy(segmenters, prof.name, size, accuracy_images))
             click.echo(f"{label}: INT8 vs FP32 agreement {accuracy[-1]['agreement_vs_fp32']:.4%}",
@@ -522,7 +580,7 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
         size = size_list[-1]
         click.echo(f"pipeline vs sequential at {size[0]}x{size[1]}", err=True)
         pipe = _pipeline_throughput(paths["external"], size, pipeline_frames, threads)
-    for closing in (*segmenters.values(), eager, *torch_backends.values()):
+    for closing in (*segmenters.values(), *engines.values(), eager, *torch_backends.values()):
         closing.close()
 
     settings = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -534,6 +592,7 @@ def _run(sizes: str, warmup: int, iters: int, rounds: int, threads: int | None,
                 "int8_check": int8_check, "int8_accuracy": accuracy,
                 "memory_size": memory_size, "memory": memory,
                 "torch_variants": [v.as_kwargs() for v in variants], "torch_parity": parity,
+                "engine_parity": engine_parity,
                 "skipped": skipped,
                 "load_start": load_start, "load_end": os.getloadavg()[0],
                 "command": " ".join(sys.argv)}

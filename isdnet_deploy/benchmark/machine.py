@@ -26,6 +26,7 @@ _PACKAGES = {
     "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python"),
     "torch": ("torch",),
     "tensorrt": ("tensorrt",),
+    "openvino": ("openvino",),
 }
 _ENV_VARS = ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
              "CUDA_VISIBLE_DEVICES")
