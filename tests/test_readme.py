@@ -209,6 +209,27 @@ def _hostile_inputs(block: Block, folder: Path) -> None:
     assert "32000x32000 pixels" in refused.stderr and "--max-pixels" in refused.stderr
 
 
+def _openvino(block: Block, folder: Path) -> None:
+    """Export and compare on both consumers, time the OpenVINO backend; bf16 runs where the
+    CPU has native BF16 and is one clear line elsewhere."""
+    openvino = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip "
+                                                      "install -e '.[test]' installs it)")
+    from isdnet_deploy.runtime.openvino_backend import native_bf16
+
+    export, compare, benchmark, bf16 = block.commands()
+    done = run_ok(export, folder)
+    assert "verified on: onnxruntime, openvino" in done.stdout
+    assert done.stdout.count("PASSED") == 2
+    compared = run_ok(compare, folder).stdout
+    assert "model_ov.onnx (onnxruntime fp32)" in compared
+    assert "model_ov.onnx (openvino fp32)" in compared
+    assert "openvino fp32" in run_ok(benchmark, folder).stdout
+    if native_bf16(openvino.Core()):
+        assert "openvino bf16" in run_ok(bf16, folder).stdout
+    else:
+        one_line_failure(bf16, folder, "bf16 is unavailable on this CPU")
+
+
 RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "cmake -S c -B build/c": _run_by_c_library_tests,
     "/* classes.c:": _run_by_c_library_tests,
@@ -223,6 +244,7 @@ RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "python benchmarks/train_synthetic.py -o isdnet_synthetic_deepglobe.pth --device cuda \\":
         _train_synthetic,
     "isdnet-deploy quantize model.onnx --precision fp16 -o model_fp16.onnx": _quantize_and_build,
+    "isdnet-deploy export CHECKPOINT.pth -o model_ov.onnx --size 258x202": _openvino,
     "isdnet-deploy samples -o samples --profile deepglobe --count 4 --size 512x512":
         _real_images,
     "isdnet-deploy infer model.onnx scene.tif -o big --max-pixels 1000000": _hostile_inputs,
