@@ -1,8 +1,11 @@
 """The independent ONNX consumers every exported graph is run on: ONNX Runtime and OpenVINO.
 
-OpenVINO is called directly here, in one place, until the runtime grows an OpenVINO backend;
-then ``run_openvino`` becomes a call of that backend. It is in the ``test`` extra; without
-it the OpenVINO cases skip and say so.
+Both libraries are called directly here, in one place, not through the runtime's backends
+(``runtime/openvino_backend.py`` and the ONNX Runtime one): the tests judge an artifact with
+the consumer as a third party would use it, they also run bare graphs that carry no
+contract, and OpenVINO's bf16 hint is asked for as it is (the backend refuses it on CPUs
+without native BF16). OpenVINO is in the ``test`` extra; without it the OpenVINO cases skip
+and say so.
 """
 
 from __future__ import annotations

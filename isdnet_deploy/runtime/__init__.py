@@ -26,9 +26,10 @@ def load(path: str | Path | None, backend: str = "auto", device: str | None = No
 
     ``device`` defaults to CUDA for engines and the CPU otherwise. ``options`` go to the
     backend (ONNX Runtime: threads, opt_level, tensorrt_ep,
-    trt_cache, trt_fp16, contract, mem_pattern; torch: threads, compile, precision,
-    channels_last, cuda_graphs, see ``runtime.torch_backend``). Every failure is an
-    ``IsdnetError``.
+    trt_cache, trt_fp16, contract, mem_pattern; OpenVINO (``backend="openvino"``, never
+    chosen by "auto"): precision "f32"|"bf16", threads, contract, see
+    ``runtime.openvino_backend``; torch: threads, compile, precision, channels_last,
+    cuda_graphs, see ``runtime.torch_backend``). Every failure is an ``IsdnetError``.
     """
     with one_error_type(f"opening {path}", "check the file and the options given"):
         return Segmenter(open_backend(path, backend, device, **options), scale=scale)
