@@ -3,6 +3,7 @@ and OpenVINO, CPU), each against the fp32 model on the same consumer."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -576,3 +577,35 @@ def test_cli_empty_calib_folder_raises_one_line_error(tmp_path) -> None:
         str(src), "--precision", "int8", "--calib", str(tmp_path / "empty"), "--no-progress"])
     assert isinstance(result.exception, IsdnetError)
     assert "\n" not in str(result.exception) and "holds no images" in str(result.exception)
+
+
+def test_cli_verify_on_names_consumers_and_reports_each(tmp_path) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install "
+                                           "'isdnet-deploy[openvino]'")
+    src = smooth_standin(tmp_path / "smooth.onnx")
+    result = CliRunner().invoke(quantize_command, [
+        str(src), "--precision", "fp16", "--size", "64x64", "--verify", "1", "--no-progress",
+        "--verify-on", "openvino", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "openvino (CPU), each against fp32 on the same consumer" in result.output
+    assert "onnxruntime:" not in result.output and "openvino: argmax agreement" in result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert list(report["verified_on"]) == ["openvino"]
+
+
+def test_cli_verify_on_refusals(monkeypatch, tmp_path) -> None:
+    import importlib.util
+
+    src = smooth_standin(tmp_path / "smooth.onnx")
+    unknown = CliRunner().invoke(quantize_command, [str(src), "--precision", "fp16",
+                                                    "--verify-on", "tvm"])
+    assert unknown.exit_code == 2 and "'tvm' is not an ONNX consumer" in unknown.output
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real(name, *a))
+    with pytest.raises(IsdnetError) as info:
+        CliRunner().invoke(quantize_command, [str(src), "--precision", "fp16", "--verify-on",
+                                              "onnxruntime,openvino"], catch_exceptions=False)
+    assert str(info.value) == ("openvino is not installed (needed to verify on openvino); "
+                               "install it with: pip install 'isdnet-deploy[openvino]'")
+    assert not (tmp_path / "smooth.fp16.onnx").exists()
