@@ -133,8 +133,8 @@ class OpenVinoBackend(Backend):
                 return self._run_into(inputs, out)
             self._request.infer(inputs, share_inputs=True)
             results = {}
-            for index, name in enumerate(self.output_names):
-                data = self._request.get_output_tensor(index).data  # reused by the next run
+            for name in self.output_names:
+                data = self._request.get_tensor(name).data  # reused by the next run
                 if name in out:
                     np.copyto(out[name], data)
                     results[name] = out[name]
@@ -148,9 +148,8 @@ class OpenVinoBackend(Backend):
         a second request, rebound on every call (a bound tensor keeps its shape)."""
         if self._bound_request is None:
             self._bound_request = self.compiled.create_infer_request()
-        for index, name in enumerate(self.output_names):
-            self._bound_request.set_output_tensor(
-                index, self._ov.Tensor(out[name], shared_memory=True))
+        for name in self.output_names:
+            self._bound_request.set_tensor(name, self._ov.Tensor(out[name], shared_memory=True))
         self._bound_request.infer(inputs, share_inputs=True)
         return {name: out[name] for name in self.output_names}
 
