@@ -132,11 +132,14 @@ class _Chain:
         self.journal = Journal(folder)
         self._model: Any = None
         profile = get_profile(recipe.profile)
+        # ``weights`` identifies them in fingerprints (a moved checkpoint is the same one);
+        # ``source`` also says where they came from, for the manifest.
         if checkpoint:
-            self.source = {"checkpoint": checkpoint, "sha256": sha256_file(Path(checkpoint))}
+            self.weights = {"sha256": sha256_file(Path(checkpoint))}
+            self.source = {"checkpoint": checkpoint, **self.weights}
         else:
-            self.source = {"checkpoint": None, "random_weights": {
-                "seed": 0, "num_classes": profile.num_classes}}
+            self.weights = {"random_weights": {"seed": 0, "num_classes": profile.num_classes}}
+            self.source = {"checkpoint": None, **self.weights}
         self.calib_files = self._calibration_files()
 
     def _calibration_files(self) -> list[list[Any]]:
@@ -217,7 +220,7 @@ class _Chain:
         from ..export.onnx_export import export_onnx
 
         ex, verify = self.recipe["export"], self.recipe["verify"]
-        settings = {"profile": self.recipe.profile, "export": ex, "source": self.source,
+        settings = {"profile": self.recipe.profile, "export": ex, "weights": self.weights,
                     "verify": {k: verify[k] for k in ("size", "atol", "rtol")}}
 
         def work() -> tuple[list[str], dict[str, Any]]:
@@ -329,7 +332,7 @@ class _Chain:
     def benchmark(self, artifact: str, artifact_sha: str, device: str) -> StepOutcome:
         bench = self.recipe["benchmark"]
         settings = {"benchmark": bench, "artifact": artifact, "sha256": artifact_sha,
-                    "device": device, "source": self.source}
+                    "device": device, "weights": self.weights}
 
         def work() -> tuple[list[str], dict[str, Any]]:
             import torch
