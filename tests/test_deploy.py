@@ -165,6 +165,31 @@ def test_int8_recipe_resumes_after_a_failure_in_the_precision_step(
     assert "WARNING: no calibration images given" in resumed.output
 
 
+def test_without_a_checkpoint_random_weights_are_warned_when_work_starts(
+        cli, tmp_path, monkeypatch) -> None:
+    from isdnet_deploy.model import checkpoint
+
+    built = []
+
+    def build_model(num_classes):
+        built.append(num_classes)
+        raise IsdnetError("stopped here")
+
+    monkeypatch.setattr(checkpoint, "build_model", build_model)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = cli("deploy", "--recipe", "inria-tensorrt-fp16", "-o", tmp_path / "a",
+                  "--calib", empty)
+    assert refused.exit_code == 1 and "RANDOM" not in refused.output  # inputs first
+    assert "holds no images" in refused.output and built == []
+    started = cli("deploy", "--recipe", "inria-tensorrt-fp16", "-o", tmp_path / "b")
+    assert started.exit_code == 1 and built == [2]  # Inria's class count
+    lines = started.output.strip().splitlines()
+    assert lines[0].startswith("WARNING: no CHECKPOINT given: deploying RANDOM weights")
+    assert lines[-1] == ("error: deploy step export failed: stopped here; no manifest was "
+                         "written")
+
+
 def test_journal_reuses_nothing_whose_file_changed(tmp_path) -> None:
     (tmp_path / "model.onnx").write_bytes(b"exported")
     journal = Journal(tmp_path)

@@ -47,7 +47,7 @@ def deploy_command(checkpoint: str | None, recipe_name: str, output: str, calib:
 
     Example: isdnet-deploy deploy isdnet_deepglobe.pth --recipe deepglobe-tensorrt-fp16 -o out/
     """
-    from ..deploy.chain import deploy
+    from ..deploy.chain import check_inputs, deploy
     from ..deploy.recipe import load_recipe, parse_override, recipe_path
     from .common import show_progress
 
@@ -60,6 +60,7 @@ def deploy_command(checkpoint: str | None, recipe_name: str, output: str, calib:
     recipe = load_recipe(str(path), overrides, size=None if size is None else
                          f"{size[0]}x{size[1]}")
     json_file = check_json_path(json_path)
+    check_inputs(checkpoint, output, calib)
     if not checkpoint:
         click.secho("WARNING: no CHECKPOINT given: deploying RANDOM weights; predictions are "
                     "meaningless, timings are real.", fg="yellow", bold=True, err=True)

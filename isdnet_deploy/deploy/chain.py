@@ -297,12 +297,14 @@ class _Chain:
         from ..runtime import tensorrt_support
 
         try:
-            tensorrt_support.import_tensorrt()
+            trt = tensorrt_support.import_tensorrt()
         except MissingDependencyError:
             message = TENSORRT_MISSING.format(folder=self.folder)
             self.echo(message)
             return StepOutcome("engine", "skipped", result={"reason": message})
-        settings = {"engine": engine, "onnx": onnx_sha}
+        # An engine only loads in the TensorRT that built it: another version builds anew.
+        settings = {"engine": engine, "onnx": onnx_sha,
+                    "tensorrt": tensorrt_support.tensorrt_version(trt)}
 
         def work() -> tuple[list[str], dict[str, Any]]:
             from ..engine.build import build_engine
@@ -371,14 +373,27 @@ class _Chain:
         return outcome
 
 
+def check_inputs(checkpoint: str | None, folder: str | Path, calib: str | None = None) -> Path:
+    """The output folder (created, writability tried), the checkpoint and the calibration
+    images, before any work."""
+    folder = check_writable_dir(folder)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise IsdnetError(f"checkpoint {checkpoint} does not exist; check the path")
+    if calib is not None:
+        from ..engine.calibration import list_calibration_images
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the mask note is shown by the precision step
+            list_calibration_images(calib)
+    return folder
+
+
 def deploy(recipe: Recipe, checkpoint: str | None, folder: str | Path, *,
            calib: str | None = None, progress: bool = False,
            echo: Callable[[str], None] = print) -> DeployResult:
     """Run ``recipe`` on ``checkpoint`` (None: random weights) into ``folder``; see the
     module docstring. Raises ``IsdnetError`` naming the failed step; then no manifest."""
-    folder = check_writable_dir(folder)
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise IsdnetError(f"checkpoint {checkpoint} does not exist")
+    folder = check_inputs(checkpoint, folder, calib)
     (folder / MANIFEST).unlink(missing_ok=True)
     chain = _Chain(recipe, checkpoint, folder, calib, progress, echo)
 
