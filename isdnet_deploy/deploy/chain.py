@@ -354,12 +354,14 @@ class _Chain:
                            segmenter_method(segmenter, size)]
                 results = run_protocol(methods, warmup=bench["warmup"], iters=bench["iters"],
                                        rewarm_tries=1, progress=self.progress)
+                parity = _parity_with_pytorch(segmenter, self.model(), size,
+                                              self.recipe["verify"])
             rows = [{"name": r.name, "device": r.device, "fps": r.fps,
                      "median_ms": r.median_ms, "mean_ms": r.mean_ms, "p90_ms": r.p90_ms,
                      "speedup": r.speedup} for r in results]
             return [], {"artifact": artifact, "size": list(size), "warmup": bench["warmup"],
                         "iters": bench["iters"], "reference_device": reference_device,
-                        "note": note, "methods": rows}
+                        "note": note, "methods": rows, "parity_with_pytorch": parity}
 
         outcome = self.step("benchmark", settings, work)
         r = outcome.result
@@ -370,7 +372,50 @@ class _Chain:
                   f"{r['iters']} timed forwards): {ref['name']} ({ref['device']}) "
                   f"{ref['fps']:.2f} FPS, {art['name']} ({art['device']}) {art['fps']:.2f} FPS "
                   f"= {art['speedup']:.2f}x")
+        p = r["parity_with_pytorch"]
+        self.echo(f"  {r['artifact']} vs PyTorch on one image at {r['size'][0]}x{r['size'][1]}: "
+                  f"argmax agreement {p['agreement']:.4%}, mIoU {p['miou_vs_pytorch']:.4f}"
+                  + ("" if p["max_abs_diff"] is None else
+                     f", max |logit diff| {p['max_abs_diff']:.2e}"))
         return outcome
+
+
+def _parity_with_pytorch(segmenter: Any, model: Any, size: tuple[int, int],
+                         verify: dict[str, Any]) -> dict[str, Any]:
+    """The final artifact (an engine included, which no earlier step compared with anything)
+    against the PyTorch reference on one seeded photo-like image, by the project's one
+    comparator. Reported, not gated: reduced precision was gated against FP32 already."""
+    import numpy as np
+    import torch
+
+    from ..export.onnx_export import sample_inputs
+    from ..metrics.comparator import Comparator, Outputs, relative_tolerance
+
+    contract = segmenter.contract
+    feeds, normalised = sample_inputs(contract, size)
+    device = next(model.parameters()).device
+
+    def reference(_: object) -> Outputs:
+        with torch.no_grad():
+            logits = model(torch.from_numpy(normalised).to(device)).float().cpu().numpy()
+        return Outputs(labels=logits.argmax(axis=1)[0], logits=logits)
+
+    def candidate(_: object) -> Outputs:
+        (output,) = segmenter.backend.run(feeds).values()
+        if contract.output_kind == "labels":
+            return Outputs(labels=output.reshape(output.shape[-2:]))
+        logits = np.asarray(output, np.float32)
+        return Outputs(labels=logits.argmax(axis=1)[0], logits=logits)
+
+    comparator = Comparator(("pytorch", reference), [("artifact", candidate)],
+                            contract.num_classes,
+                            tolerance=relative_tolerance(verify["atol"], verify["rtol"]))
+    comparator.add(None)
+    stats = comparator.stats[0]
+    return {"agreement": stats.agreement,
+            "decided_agreement": stats.decided_agreement if stats.decided_pixels else None,
+            "miou_vs_pytorch": float(stats.miou_vs_reference()),
+            "max_abs_diff": stats.max_abs_diff}
 
 
 def check_inputs(checkpoint: str | None, folder: str | Path, calib: str | None = None) -> Path:
