@@ -143,8 +143,8 @@ class _Chain:
         self.calib_files = self._calibration_files()
 
     def _calibration_files(self) -> list[list[Any]]:
-        """Names, sizes and times of the calibration images: part of the precision step's
-        fingerprint, and checked here, before any work."""
+        """Names, sizes and times of the calibration images (``check_inputs`` checked the
+        folder): part of the precision step's fingerprint."""
         if self.calib is None:
             return []
         from ..engine.calibration import list_calibration_images
