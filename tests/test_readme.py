@@ -118,6 +118,17 @@ def _export(block: Block, folder: Path) -> None:
         assert (folder / name).stat().st_size > 1_000_000
 
 
+def _deploy(block: Block, folder: Path) -> None:
+    import json
+
+    listed, deployed = (run_ok(command, folder) for command in block.commands())
+    assert "deepglobe-tensorrt-fp16" in listed.stdout and "cityscapes" in listed.stdout
+    manifest = json.loads((folder / "deployed" / "manifest.json").read_text())
+    assert [a["file"] for a in manifest["artifacts"]] == ["model.onnx"]
+    assert manifest["steps"]["export"]["parity"]["passed"]
+    assert "rerun or resume with: isdnet-deploy deploy CHECKPOINT.pth" in deployed.stdout
+
+
 def _python_snippet(block: Block, folder: Path) -> None:
     script = folder / "snippet.py"
     script.write_text(block.text)
@@ -217,6 +228,7 @@ RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "pip install -c constraints.txt -e . && isdnet-deploy demo": _start_demo,
     "pip install -c constraints.txt -e '.[test]' && ruff check . && python -m pytest -q":
         _start_tests,
+    "isdnet-deploy recipes": _deploy,
     "isdnet-deploy export CHECKPOINT.pth -o model.onnx": _export,
     "import cv2": _python_snippet,
     "isdnet-deploy compare CHECKPOINT.pth --torch-variant precision=bf16": _torch_variants,
