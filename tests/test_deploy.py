@@ -109,11 +109,6 @@ def test_cpu_fp32_recipe_and_its_rerun_command(cli, checkpoints, tmp_path) -> No
     assert json.loads((out / MANIFEST).read_text())["artifacts"] == manifest["artifacts"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "main at a9cbe3c cannot export labels resized in the graph (the embedding export): the "
-    "contract check refuses the 'output_size' input's layout 'S' (contract.LAYOUT_AXES), and "
-    "with that allowed the int32 proof cannot bound the output_size Cast (export/"
-    "portability.py); strict, so the fix turns this into a reminder to drop the mark"))
 def test_c_embedding_recipe(cli, checkpoints, tmp_path) -> None:
     from isdnet_deploy import runtime
 
