@@ -175,7 +175,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
         _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+    except (ConnectionError, RuntimeError, TimeoutError, ray.exceptions.RayError) as exc:
         raise IsdnetError(f"could not join the Ray cluster at {address} ({one_line(exc)}); "
                           "start it (ray start --head) or check the address") from None
     return f"the Ray cluster at {address}"
