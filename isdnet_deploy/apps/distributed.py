@@ -21,7 +21,9 @@ Ray is an optional dependency (``pip install 'isdnet-deploy[ray]'``); nothing un
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ CONNECT_TIMEOUT_S = 5.0
 LOCAL_OBJECT_STORE_BYTES = 200 * 2**20
 
 
-def _ray() -> Any:
+def require_ray() -> Any:
     try:
         import ray
         import ray.data
@@ -162,10 +164,25 @@ def _check_reachable(address: str) -> None:
 def connect(address: str | None, *, num_cpus: int | None = None) -> str:
     """Join the cluster at ``address`` (``auto``, ``host:port``, ``ray://host:port``), or
     start a small local one for this process when it is None. Returns what was joined.
-    The caller calls ``ray.shutdown()`` when done (``infer_on_ray`` does)."""
-    ray = _ray()
+    The caller calls ``ray.shutdown()`` when done (``infer_on_ray`` does).
+
+    ``ray.init`` installs its own SIGTERM handler (it dumps a stack and kills the process);
+    the caller's handler is put back, so SIGTERM unwinds through ``finally`` and the Ray
+    started here is shut down as on Ctrl-C.
+    """
+    ray = require_ray()
     if ray.is_initialized():
         return "the Ray instance already initialised in this process"
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        return _init(ray, address, num_cpus)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init(ray: Any, address: str | None, num_cpus: int | None) -> str:
     quiet = {"include_dashboard": False, "log_to_driver": False,
              "logging_level": "ERROR", "configure_logging": True}
     if address is None:
@@ -199,7 +216,7 @@ def infer_on_ray(open_segmenter: Callable[[], Any], paths: Sequence[Path],
     cluster is joined (``auto``, ``host:port``, ``ray://host:port``). ``on_result`` sees
     each image's result row as it arrives (path, status, actor, node, pid…).
     """
-    ray = _ray()
+    ray = require_ray()
     report = report or RayReport()
     out = Path(out_dir).resolve()
     owned = not ray.is_initialized()

@@ -33,6 +33,7 @@ from .common import (
     json_option,
     max_pixels_option,
     open_artifact,
+    open_segmenter,
     printable,
     progress_option,
     require_torch_artifact,
@@ -101,12 +102,6 @@ def _report_failures(report: BatchReport, what: str) -> None:
 
 
 LOCAL_RAY = "local"  # the value of a bare --ray: start a Ray instance for this run
-
-
-def open_for_worker(spec: str, **options: Any) -> Any:
-    """The Segmenter that ``open_artifact`` gives, opened where it is called (in each Ray
-    worker); module-level so that ``functools.partial`` of it pickles."""
-    return open_artifact(spec, **options)[0]
 
 
 @click.command("infer")
@@ -235,7 +230,7 @@ def _infer_on_ray(artifact: str, paths: list[Path], failures: list[Any], masks: 
     report = RayReport(total=len(failures), failures=list(failures))
     if masks:
         report.notes.append(describe_skipped_masks(masks))
-    infer_on_ray(functools.partial(open_for_worker, spec, **open_options), paths, output,
+    infer_on_ray(functools.partial(open_segmenter, spec, **open_options), paths, output,
                  address=None if address == LOCAL_RAY else address, workers=workers,
                  gpus_per_worker=gpus_per_worker, tiles=tiles, overlay_images=overlay_images,
                  max_pixels=max_pixels, resume=resume, report=report,
