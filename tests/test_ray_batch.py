@@ -189,3 +189,11 @@ def test_an_unreachable_address_is_one_line_within_seconds(images, onnx_model, t
 def test_worker_options_without_ray_are_a_usage_error(cli, images, onnx_model, tmp_path):
     result = cli("infer", onnx_model, images, "-o", tmp_path, "--workers", "2")
     assert result.exit_code == 2 and "add --ray" in result.output
+
+
+def test_more_workers_than_the_cluster_holds_is_one_line(cluster, images, onnx_model,
+                                                         tmp_path):
+    done = isdnet("infer", onnx_model, images, "-o", tmp_path, "--ray", cluster.address,
+                  "--workers", 3)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "3 workers need 3 CPUs but the Ray cluster has 2; use 2 workers" in done.stderr

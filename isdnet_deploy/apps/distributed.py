@@ -227,6 +227,7 @@ def infer_on_ray(open_segmenter: Callable[[], Any], paths: Sequence[Path],
         report.total += len(paths)
         if not paths:
             return report
+        _check_capacity(ray, workers, cpus_per_worker, gpus_per_worker)
         start = time.perf_counter()
         rows = _run(ray, open_segmenter, [str(Path(p).resolve()) for p in paths], out,
                     workers=workers, cpus=cpus_per_worker, gpus=gpus_per_worker,
@@ -246,6 +247,21 @@ def infer_on_ray(open_segmenter: Callable[[], Any], paths: Sequence[Path],
         if owned and ray.is_initialized():
             ray.shutdown()
     return report
+
+
+def _check_capacity(ray: Any, workers: int, cpus: float, gpus: float) -> None:
+    """A pool larger than the cluster would wait for resources that never come: say so
+    before starting (a cluster that autoscales should be scaled up first)."""
+    available = ray.cluster_resources()
+    for name, each in (("CPU", cpus), ("GPU", gpus)):
+        have = available.get(name, 0.0)
+        if each and workers * each > have:
+            fits = int(have // each)
+            raise IsdnetError(
+                f"{workers} workers need {workers * each:g} {name}s but the Ray cluster has "
+                f"{have:g}; use {fits} workers" if fits else
+                f"{workers} workers need {workers * each:g} {name}s but the Ray cluster has "
+                f"{have:g}; add nodes with {name}s or reserve fewer per worker")
 
 
 def _run(ray: Any, open_segmenter: Callable[[], Any], paths: list[str], out: Path, *,
