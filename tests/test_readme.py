@@ -220,6 +220,25 @@ def _hostile_inputs(block: Block, folder: Path) -> None:
     assert "32000x32000 pixels" in refused.stderr and "--max-pixels" in refused.stderr
 
 
+def _beyond_one_machine(block: Block, folder: Path) -> None:
+    """infer --ray on a local Ray writes infer's files; the serve load test starts a server,
+    checks every answer against predict and stops it. The two-node cluster, resume and
+    worker kills are in tests/test_ray_batch.py, serving in tests/test_serve.py."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install -e '.[test]' installs it)")
+    batch, load = block.commands()
+    done = run_ok(batch, folder)
+    assert "3 of 3 inputs segmented" in done.stdout and "nodes: 1 " in done.stdout
+    plain = run_ok("isdnet-deploy infer model.onnx DIR_OF_IMAGES -o labels_plain", folder)
+    assert "3 of 3" in plain.stdout
+    for path in (folder / "labels_plain").glob("*_labels.png"):
+        assert (folder / "labels" / path.name).read_bytes() == path.read_bytes()
+    done = run_ok(load.replace("benchmarks/", f"{ROOT}/benchmarks/"), folder)
+    assert "answers checked against predict" in done.stdout and "p99 ms" in done.stdout
+
+
 RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "cmake -S c -B build/c": _run_by_c_library_tests,
     "/* classes.c:": _run_by_c_library_tests,
@@ -238,6 +257,8 @@ RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "isdnet-deploy samples -o samples --profile deepglobe --count 4 --size 512x512":
         _real_images,
     "isdnet-deploy infer model.onnx scene.tif -o big --max-pixels 1000000": _hostile_inputs,
+    "isdnet-deploy infer model.onnx DIR_OF_IMAGES -o labels --ray --workers 2":
+        _beyond_one_machine,
 }
 
 
