@@ -62,4 +62,4 @@ def test_cli_lists_every_command() -> None:
 
     assert set(main.commands) == {"demo", "export", "inspect", "quantize", "build", "deploy",
                                   "recipes", "benchmark", "compare", "infer", "evaluate",
-                                  "samples"}
+                                  "samples", "serve"}
