@@ -74,6 +74,9 @@ def _read_only_run(args: list[object], cwd: Path) -> subprocess.CompletedProcess
     ["samples", "-o", "{ro}/samples"],
     ["demo", "-o", "{ro}/demo"],
     ["export", "-o", "{ro}/m.onnx"],
+    ["deploy", "--recipe", "deepglobe-onnxruntime-cpu-fp32", "-o", "{ro}/deployed"],
+    ["deploy", "--recipe", "deepglobe-onnxruntime-cpu-fp32", "-o", "{tmp}/deployed", "--json",
+     "{ro}/manifest.json"],
 ])
 def test_unwritable_output_is_one_line_before_any_work(args, onnx_model, samples, tmp_path):
     if os.geteuid() == 0 and subprocess.run(["setpriv", "--version"],
@@ -83,7 +86,7 @@ def test_unwritable_output_is_one_line_before_any_work(args, onnx_model, samples
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        args = [a.format(model=onnx_model, ro=ro, samples=samples) for a in args]
+        args = [a.format(model=onnx_model, ro=ro, samples=samples, tmp=tmp_path) for a in args]
         started = time.perf_counter()
         done = _read_only_run(args, tmp_path)
         one_line_error(done, "not writable", str(ro))
@@ -112,6 +115,7 @@ def test_missing_output_folders_are_created(samples, tmp_path):
     ["benchmark", "--device", "gpu"],
     ["infer", "m.onnx", "x.png", "-o", "out", "--device", "gpu"],
     ["evaluate", "m.onnx", "--images", ".", "--profile", "ade20k"],
+    ["deploy", "--recipe", "deepglobe-onnxruntime-cpu-fp32", "-o", "out", "--size", "abc"],
 ])
 def test_usage_errors_exit_2(args, tmp_path):
     result = invoke(*args)
@@ -142,7 +146,7 @@ def test_every_json_option_is_file_or_stdout(command):
 
 
 @pytest.mark.parametrize("command", ("export", "quantize", "build", "benchmark", "compare",
-                                     "infer", "evaluate", "demo"))
+                                     "infer", "evaluate", "demo", "deploy"))
 def test_every_long_command_has_no_progress(command):
     assert "--no-progress" in invoke(command, "--help").output
 

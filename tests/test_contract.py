@@ -60,5 +60,6 @@ def test_parse_size_rejects(text: str) -> None:
 def test_cli_lists_every_command() -> None:
     from isdnet_deploy.cli import main
 
-    assert set(main.commands) == {"demo", "export", "inspect", "quantize", "build", "benchmark",
-                                  "compare", "infer", "evaluate", "samples"}
+    assert set(main.commands) == {"demo", "export", "inspect", "quantize", "build", "deploy",
+                                  "recipes", "benchmark", "compare", "infer", "evaluate",
+                                  "samples", "serve"}

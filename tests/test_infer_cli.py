@@ -68,6 +68,24 @@ def test_infer_writes_palette_pngs_equal_to_predict(cli, onnx_model, images, who
     assert "median" in result.output and "tiled" not in result.output
 
 
+def test_resume_skips_whole_outputs_and_redoes_cut_or_missing_ones(cli, onnx_model, images,
+                                                                    tmp_path):
+    out = tmp_path / "out"
+    assert cli("infer", onnx_model, images, "-o", out, "--overlay").exit_code == 0
+    first, second = sorted(images.iterdir())
+    whole = (out / f"{first.stem}_labels.png").read_bytes()
+    (out / f"{first.stem}_labels.png").write_bytes(whole[:-12])  # cut short
+    kept = (out / f"{second.stem}_labels.png").stat().st_mtime_ns
+    result = cli("infer", onnx_model, images, "-o", out, "--overlay", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "1 of 2 inputs segmented" in result.output
+    assert "skipped: 1 of 2 inputs whose outputs were already complete" in result.output
+    assert (out / f"{first.stem}_labels.png").read_bytes() == whole
+    assert (out / f"{second.stem}_labels.png").stat().st_mtime_ns == kept
+    again = cli("infer", onnx_model, images, "-o", out)  # without --resume: all redone
+    assert "2 of 2 inputs segmented" in again.output and "skipped" not in again.output
+
+
 def test_tile_covering_the_image_equals_whole_image(cli, onnx_model, images, whole, tmp_path):
     # 160x160 at test scale 0.8 is 128x128 on the network: a 256x256 tile covers it, and a
     # 128x128 budget does not trigger tiling.

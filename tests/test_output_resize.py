@@ -24,7 +24,7 @@ TAP_CASES = [(1958, 2448), (26, 33), (31, 39), (97, 121), (100, 100), (128, 256)
 def test_graph_taps_equal_runtime_taps_bit_for_bit(size_in, size_out):
     import torch
 
-    from isdnet_deploy.export.graph import linear_taps
+    from isdnet_deploy.export.exact_index import linear_taps
 
     first, second, w0, w1 = linear_taps(torch.tensor(size_in), torch.tensor(size_out))
     ref_first, ref_second, ref_w1 = bilinear_taps(size_in, size_out)

@@ -118,6 +118,17 @@ def _export(block: Block, folder: Path) -> None:
         assert (folder / name).stat().st_size > 1_000_000
 
 
+def _deploy(block: Block, folder: Path) -> None:
+    import json
+
+    listed, deployed = (run_ok(command, folder) for command in block.commands())
+    assert "deepglobe-tensorrt-fp16" in listed.stdout and "cityscapes" in listed.stdout
+    manifest = json.loads((folder / "deployed" / "manifest.json").read_text())
+    assert [a["file"] for a in manifest["artifacts"]] == ["model.onnx"]
+    assert manifest["steps"]["export"]["parity"]["passed"]
+    assert "rerun or resume with: isdnet-deploy deploy CHECKPOINT.pth" in deployed.stdout
+
+
 def _python_snippet(block: Block, folder: Path) -> None:
     script = folder / "snippet.py"
     script.write_text(block.text)
@@ -230,6 +241,25 @@ def _openvino(block: Block, folder: Path) -> None:
         one_line_failure(bf16, folder, "bf16 is unavailable on this CPU")
 
 
+def _beyond_one_machine(block: Block, folder: Path) -> None:
+    """infer --ray on a local Ray writes infer's files; the serve load test starts a server,
+    checks every answer against predict and stops it. The two-node cluster, resume and
+    worker kills are in tests/test_ray_batch.py, serving in tests/test_serve.py."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install -e '.[test]' installs it)")
+    batch, load = block.commands()
+    done = run_ok(batch, folder)
+    assert "3 of 3 inputs segmented" in done.stdout and "nodes: 1 " in done.stdout
+    plain = run_ok("isdnet-deploy infer model.onnx DIR_OF_IMAGES -o labels_plain", folder)
+    assert "3 of 3" in plain.stdout
+    for path in (folder / "labels_plain").glob("*_labels.png"):
+        assert (folder / "labels" / path.name).read_bytes() == path.read_bytes()
+    done = run_ok(load.replace("benchmarks/", f"{ROOT}/benchmarks/"), folder)
+    assert "answers checked against predict" in done.stdout and "p99 ms" in done.stdout
+
+
 RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "cmake -S c -B build/c": _run_by_c_library_tests,
     "/* classes.c:": _run_by_c_library_tests,
@@ -238,6 +268,7 @@ RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "pip install -c constraints.txt -e . && isdnet-deploy demo": _start_demo,
     "pip install -c constraints.txt -e '.[test]' && ruff check . && python -m pytest -q":
         _start_tests,
+    "isdnet-deploy recipes": _deploy,
     "isdnet-deploy export CHECKPOINT.pth -o model.onnx": _export,
     "import cv2": _python_snippet,
     "isdnet-deploy compare CHECKPOINT.pth --torch-variant precision=bf16": _torch_variants,
@@ -248,6 +279,8 @@ RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "isdnet-deploy samples -o samples --profile deepglobe --count 4 --size 512x512":
         _real_images,
     "isdnet-deploy infer model.onnx scene.tif -o big --max-pixels 1000000": _hostile_inputs,
+    "isdnet-deploy infer model.onnx DIR_OF_IMAGES -o labels --ray --workers 2":
+        _beyond_one_machine,
 }
 
 

@@ -48,10 +48,10 @@ CLASSES = 7
 ALIGNMENT = 256
 
 
-def expected_logits(image: np.ndarray) -> np.ndarray:
+def expected_logits(image: np.ndarray, classes: int = CLASSES) -> np.ndarray:
     """What the stand-in engine computes: class c = (c + 1) * channel sum."""
     total = image.sum(axis=1, keepdims=True)
-    return np.concatenate([total * (c + 1) for c in range(CLASSES)], axis=1).astype(np.float32)
+    return np.concatenate([total * (c + 1) for c in range(classes)], axis=1).astype(np.float32)
 
 
 def engine_bytes(version: str) -> bytes:
@@ -373,10 +373,11 @@ def nptype(trt_type):
 
 
 def fake_tensorrt(version: str = TRT10, cuda: FakeCuda | None = None, *, parse_ok: bool = True,
-                  build_ok: bool = True, io_dtype: DataType = DataType.FLOAT
-                  ) -> types.ModuleType:
+                  build_ok: bool = True, io_dtype: DataType = DataType.FLOAT,
+                  classes: int = CLASSES) -> types.ModuleType:
     """A module shaped like ``tensorrt`` ``version`` (10.x or 11.x), recording calls in
-    ``trt.calls``; ``cuda`` is the FakeCuda whose devices and streams it runs on."""
+    ``trt.calls``; ``cuda`` is the FakeCuda whose devices and streams it runs on; its
+    engines output ``classes`` logits."""
     major = int(version.split(".")[0])
     cuda = cuda if cuda is not None else FakeCuda()
     trt = types.ModuleType("tensorrt")
@@ -607,7 +608,7 @@ def fake_tensorrt(version: str = TRT10, cuda: FakeCuda | None = None, *, parse_o
 
         def get_tensor_shape(self, name):
             n, _, h, w = self.shapes["image"]
-            return self.shapes["image"] if name == "image" else (n, CLASSES, h, w)
+            return self.shapes["image"] if name == "image" else (n, classes, h, w)
 
         def set_tensor_address(self, name, memory) -> bool:
             # NvInferRuntime.h setTensorAddress (10.16 l.4731/4758, 11.1 l.4351/4378): "True
@@ -639,7 +640,7 @@ def fake_tensorrt(version: str = TRT10, cuda: FakeCuda | None = None, *, parse_o
 
             def compute() -> None:
                 image = _array_at(image_at, image_shape, dtype)
-                _array_at(logits_at, logits_shape, dtype)[...] = expected_logits(image)
+                _array_at(logits_at, logits_shape, dtype)[...] = expected_logits(image, classes)
 
             cuda.enqueue(stream_handle, compute)
             trt.executions.append((stream_handle, dict(self.addresses), cuda.current))

@@ -60,6 +60,10 @@ extern "C" {
 
 /* Largest image side isd_predict() accepts (bounds every buffer it allocates). */
 #define ISD_MAX_SIDE 32768
+/* Largest image side of an artifact that resizes its logits in the graph (exported with
+ * --output-kind labels, the default --output-resize graph): its exact integer resampling
+ * is proven int32-safe up to this side. Tile larger images. */
+#define ISD_MAX_GRAPH_RESIZE_SIDE 16384
 
 typedef struct isd_model isd_model;
 
@@ -117,8 +121,9 @@ ISD_API double isd_test_scale(const isd_model *model);
 
 /*
  * Whether isd_predict() accepts an image of height x width: 0 if so, else ISD_ERR_ARGUMENT
- * with the reason (a side <= 0 or above ISD_MAX_SIDE, a network size below the contract's
- * minimum, or another size than a static artifact's). Cheap; thread-safe.
+ * with the reason (a side <= 0 or above ISD_MAX_SIDE, or above ISD_MAX_GRAPH_RESIZE_SIDE for
+ * an artifact that resizes in the graph, a network size below the contract's minimum, or
+ * another size than a static artifact's). Cheap; thread-safe.
  */
 ISD_API int isd_check_size(const isd_model *model, int height, int width);
 

@@ -303,6 +303,11 @@ int isd_check_size(const isd_model *model, int height, int width)
         return isd__fail(ISD_ERR_ARGUMENT, "image size %dx%d is out of range; height and width "
                          "must be 1..%d", height, width, ISD_MAX_SIDE);
     const isd_contract *c = &model->contract;
+    if (c->resize_in_graph &&
+        (height > ISD_MAX_GRAPH_RESIZE_SIDE || width > ISD_MAX_GRAPH_RESIZE_SIDE))
+        return isd__fail(ISD_ERR_ARGUMENT, "image size %dx%d is above %d, the largest side this "
+                         "artifact resizes its labels to in the graph; tile the image",
+                         height, width, ISD_MAX_GRAPH_RESIZE_SIDE);
     int nh, nw;
     network_size(c, height, width, &nh, &nw);
     if (nh < c->min_size || nw < c->min_size)

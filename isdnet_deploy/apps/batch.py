@@ -44,6 +44,7 @@ def timing_summary(seconds: Sequence[float]) -> dict[str, float | int]:
 class BatchReport:
     total: int = 0
     done: int = 0
+    skipped: int = 0  # outputs already complete (resume)
     failures: list[Failure] = field(default_factory=list)
     # name -> per-image seconds of inference (pre/post-processing and tiling included,
     # reading and writing files excluded), for the images that succeeded
@@ -60,13 +61,25 @@ class BatchReport:
         return [f"  {f.item}: {f.cli or f.message}" for f in self.failures]
 
 
+def failure_of(item: str, exc: Exception) -> Failure | None:
+    """The failure to record against one item for an error that should not stop a batch:
+    a user-fixable error (``IsdnetError``), an OS error (unreadable or unwritable file) or
+    an engine failure; None for anything else (a bug, which should stop it)."""
+    if isinstance(exc, IsdnetError):
+        return Failure.of(item, exc)
+    if isinstance(exc, OSError):
+        return Failure(item, f"{exc.strerror or exc} ({exc.filename or 'file'})")
+    error = engine_error(exc)
+    return None if error is None else Failure.of(item, error)
+
+
 def run_batch(items: Sequence[T], work: Callable[[T], Mapping[str, float]], *,
               label: Callable[[T], str] = str, progress: bool = True, desc: str = "images",
               report: BatchReport | None = None) -> BatchReport:
     """Call ``work`` on every item; ``work`` returns {name: inference seconds}.
 
-    A user-fixable error (``IsdnetError``), an OS error (unreadable or unwritable file) or
-    an engine failure is recorded against the item and the batch goes on.
+    A failure that ``failure_of`` recognises is recorded against the item and the batch
+    goes on.
     """
     from tqdm.auto import tqdm
 
@@ -78,16 +91,11 @@ def run_batch(items: Sequence[T], work: Callable[[T], Mapping[str, float]], *,
     for item in bar:
         try:
             seconds = work(item)
-        except IsdnetError as exc:
-            report.failures.append(Failure.of(label(item), exc))
-        except OSError as exc:
-            report.failures.append(Failure(label(item), f"{exc.strerror or exc} "
-                                                        f"({exc.filename or 'file'})"))
         except Exception as exc:
-            error = engine_error(exc)
-            if error is None:
+            failure = failure_of(label(item), exc)
+            if failure is None:
                 raise
-            report.failures.append(Failure.of(label(item), error))
+            report.failures.append(failure)
         else:
             report.done += 1
             for name, value in seconds.items():

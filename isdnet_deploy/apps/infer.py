@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.datasets import list_images, split_masks
 from ..data.headers import DEFAULT_MAX_PIXELS, ImageHeader, checked_header, over_budget, read_header
 from ..data.images import (
+    open_geotiff,
     overlay,
     read_geotiff,
     read_image,
@@ -110,28 +112,95 @@ def collect_inputs(paths: Iterable[str | os.PathLike[str]], out_dir: str | os.Pa
     return unique, failures, skipped
 
 
-def infer_files(predictor: Predictor, paths: Sequence[Path], out_dir: str | os.PathLike[str],
-                *, overlay_images: bool = False, progress: bool = True,
-                report: BatchReport | None = None,
-                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> BatchReport:
-    """Segment each file and write ``<stem>_labels.png`` (palette-indexed class ids), or
-    ``<stem>_labels.tif`` with the input's georeference for a GeoTIFF when rasterio is
-    installed; ``<stem>_overlay.jpg|png`` with ``overlay_images``.
+@dataclass(frozen=True)
+class FilePlan:
+    """What segmenting one file will write, decided from its header before decoding: the
+    same decision for plain ``infer``, the resume check and the Ray workers."""
 
-    A file declaring more than ``max_pixels`` pixels (0 or None: no limit) is refused
-    before decoding, unless it is a TIFF and rasterio is installed: then it is streamed
-    into a tiled ``<stem>_labels.tif`` in memory that does not grow with the image.
-    """
+    path: Path
+    labels: Path  # <stem>_labels.png, or .tif for a GeoTIFF (with rasterio) or a stream
+    overlay: Path | None  # <stem>_overlay.jpg|png, when asked for and not streamed
+    streamed: bool  # above the pixel budget: labelled window by window
+    georeferenced: bool  # the input carries GeoTIFF tags
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.labels,) if self.overlay is None else (self.labels, self.overlay)
+
+
+@dataclass
+class FileResult:
+    """One segmented file, as ``infer_files`` reports it."""
+
+    inference: float  # seconds of inference (pre/post-processing and tiling included)
+    tiled: bool = False
+    streamed: bool = False
+    plain_geotiff: bool = False  # a GeoTIFF written as a plain PNG (no rasterio)
+    conversions: list[str] = field(default_factory=list)
+
+
+def plan_file(path: Path, out_dir: str | os.PathLike[str], *, overlay_images: bool = False,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS, geo: bool | None = None
+              ) -> FilePlan:
+    """The outputs of ``path`` (its header checked against the pixel budget); raises
+    IsdnetError for an image that cannot be segmented within it."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    palette = predictor.contract.display_palette()
-    geo = has_rasterio()
-    report = report or BatchReport()
-    plain_geotiffs: list[str] = []
-    conversions: list[str] = []
-    streamed: list[str] = []
+    geo = has_rasterio() if geo is None else geo
+    header = checked_header(path, "image", None)
+    labels = out / f"{path.stem}{LABELS_SUFFIX}"
+    georeferenced = _georeferenced(header)
+    if max_pixels and header.decode_pixels > max_pixels and header.windowed:
+        if not geo:
+            raise over_budget(
+                f"image {path} is {header.width}x{header.height} pixels (WxH)", max_pixels,
+                "; TIFFs above it are streamed window by window once rasterio is installed "
+                "(pip install 'isdnet-deploy[geo]')")
+        return FilePlan(path, labels.with_suffix(".tif"), None, True, georeferenced)
+    overlay_path = None
+    if overlay_images:
+        ext = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
+        overlay_path = out / f"{path.stem}{OVERLAY_SUFFIX}{ext}"
+    suffix = ".tif" if georeferenced and geo else ".png"
+    return FilePlan(path, labels.with_suffix(suffix), overlay_path, False, georeferenced)
 
-    def stream(path: Path) -> dict[str, float]:
+
+# How each output format ends: a file cut short (a copy interrupted, a disk filled) lacks it.
+_PNG_END = b"IEND\xaeB`\x82"
+_JPEG_END = b"\xff\xd9"
+
+
+def output_complete(path: Path) -> bool:
+    """Whether an output file is whole: a PNG ends with its IEND chunk, a JPEG with its
+    end-of-image marker, a TIFF opens and its last row reads back. Our writers are atomic,
+    so a partial file only comes from outside (a copy, a full disk): it is redone."""
+    try:
+        size = path.stat().st_size
+        if path.suffix == ".png" or path.suffix == ".jpg":
+            end = _PNG_END if path.suffix == ".png" else _JPEG_END
+            with path.open("rb") as f:
+                f.seek(max(0, size - len(end)))
+                return f.read() == end
+        with open_geotiff(path) as tiff:
+            tiff.read(tiff.height - 1, 0, tiff.height, tiff.width)
+        return True
+    except Exception:  # whatever stops it reading back (GDAL's errors included): redo it
+        return False
+
+
+def outputs_complete(plan: FilePlan) -> bool:
+    """Whether every output of ``plan`` is present and whole (resume skips the file)."""
+    return all(output_complete(path) for path in plan.outputs)
+
+
+def segment_file(predictor: Predictor, plan: FilePlan, *,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 progress: bool = False) -> FileResult:
+    """Segment one planned file and write its outputs atomically: THE per-image work of
+    ``infer``, run as is by ``infer_files`` and by each Ray worker (``apps.distributed``),
+    so both write the same bytes."""
+    palette = predictor.contract.display_palette()
+    path = plan.path
+    if plan.streamed:
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
@@ -140,46 +209,35 @@ def infer_files(predictor: Predictor, paths: Sequence[Path], out_dir: str | os.P
                 bar.total = total
                 bar.update(done - bar.n)
 
-            stream_geotiff(predictor, path, out / f"{path.stem}{LABELS_SUFFIX}.tif", palette,
+            stream_geotiff(predictor, path, plan.labels, palette,
                            max_block_pixels=max_pixels, progress=advance)
-        report.tiled += 1
-        streamed.append(path.name)
-        return {"inference": time.perf_counter() - start}
+        return FileResult(time.perf_counter() - start, tiled=True, streamed=True)
+    result = FileResult(0.0)
+    georef = None
+    if plan.labels.suffix == ".tif":
+        image, georef = read_geotiff(path, max_pixels)
+    else:
+        image = read_image(path, result.conversions, max_pixels)
+        result.plain_geotiff = plan.georeferenced
+    start = time.perf_counter()
+    labels = predictor.predict(image)
+    result.inference = time.perf_counter() - start
+    result.tiled = predictor.last_tiles > 1
+    if georef is not None:
+        write_geotiff_labels(plan.labels, labels, georef, palette)
+    else:
+        write_label_png(plan.labels, labels, palette)
+    if plan.overlay is not None:
+        write_image(plan.overlay, overlay(image, labels, palette))
+    return result
 
-    def work(path: Path) -> dict[str, float]:
-        header = checked_header(path, "image", None)
-        if max_pixels and header.decode_pixels > max_pixels and header.windowed:
-            if geo:
-                return stream(path)
-            raise over_budget(
-                f"image {path} is {header.width}x{header.height} pixels (WxH)", max_pixels,
-                "; TIFFs above it are streamed window by window once rasterio is installed "
-                "(pip install 'isdnet-deploy[geo]')")
-        georef = None
-        georeferenced = _georeferenced(header)
-        if georeferenced and geo:
-            image, georef = read_geotiff(path, max_pixels)
-        else:
-            image = read_image(path, conversions, max_pixels)
-            if georeferenced:
-                plain_geotiffs.append(path.name)
-        start = time.perf_counter()
-        labels = predictor.predict(image)
-        seconds = time.perf_counter() - start
-        if predictor.last_tiles > 1:
-            report.tiled += 1
-        if georef is not None:
-            write_geotiff_labels(out / f"{path.stem}{LABELS_SUFFIX}.tif", labels, georef,
-                                 palette)
-        else:
-            write_label_png(out / f"{path.stem}{LABELS_SUFFIX}.png", labels, palette)
-        if overlay_images:
-            ext = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
-            write_image(out / f"{path.stem}{OVERLAY_SUFFIX}{ext}",
-                        overlay(image, labels, palette))
-        return {"inference": seconds}
 
-    run_batch(paths, work, progress=progress, desc="infer", report=report)
+def add_notes(report: BatchReport, results: Sequence[tuple[Path, FileResult]],
+              overlay_images: bool) -> None:
+    """The notes ``infer`` ends with: conversions, streamed images, plain GeoTIFF outputs."""
+    conversions = [c for _, r in results for c in r.conversions]
+    streamed = [p.name for p, r in results if r.streamed]
+    plain_geotiffs = [p.name for p, r in results if r.plain_geotiff]
     if conversions:
         report.notes.append(f"{len(conversions)} image(s) were converted to 3-channel RGB: "
                             + "; ".join(conversions))
@@ -193,4 +251,42 @@ def infer_files(predictor: Predictor, paths: Sequence[Path], out_dir: str | os.P
             f"{len(plain_geotiffs)} GeoTIFF input(s) got plain PNG label maps without "
             "georeference; install rasterio (pip install 'isdnet-deploy[geo]') to write "
             "georeferenced <stem>_labels.tif")
+
+
+def infer_files(predictor: Predictor, paths: Sequence[Path], out_dir: str | os.PathLike[str],
+                *, overlay_images: bool = False, progress: bool = True,
+                report: BatchReport | None = None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                resume: bool = False) -> BatchReport:
+    """Segment each file and write ``<stem>_labels.png`` (palette-indexed class ids), or
+    ``<stem>_labels.tif`` with the input's georeference for a GeoTIFF when rasterio is
+    installed; ``<stem>_overlay.jpg|png`` with ``overlay_images``.
+
+    A file declaring more than ``max_pixels`` pixels (0 or None: no limit) is refused
+    before decoding, unless it is a TIFF and rasterio is installed: then it is streamed
+    into a tiled ``<stem>_labels.tif`` in memory that does not grow with the image.
+    With ``resume``, files whose outputs are all present and whole are skipped
+    (``report.skipped``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    geo = has_rasterio()
+    report = report or BatchReport()
+    results: list[tuple[Path, FileResult]] = []
+    skipped = report.skipped
+
+    def work(path: Path) -> dict[str, float]:
+        plan = plan_file(path, out, overlay_images=overlay_images, max_pixels=max_pixels,
+                         geo=geo)
+        if resume and outputs_complete(plan):
+            report.skipped += 1
+            return {}
+        result = segment_file(predictor, plan, max_pixels=max_pixels, progress=progress)
+        report.tiled += result.tiled
+        results.append((path, result))
+        return {"inference": result.inference}
+
+    run_batch(paths, work, progress=progress, desc="infer", report=report)
+    report.done -= report.skipped - skipped  # run_batch counted them as done
+    add_notes(report, results, overlay_images)
     return report

@@ -68,14 +68,17 @@ def _register() -> None:
     from .build import build_command
     from .compare import compare_command
     from .demo import demo_command
+    from .deploy import deploy_command, recipes_command
     from .export import export_command, inspect_command
     from .infer import evaluate_command, infer_command
     from .quantize import quantize_command
     from .samples import samples_command
+    from .serve import serve_command
 
     for command in (demo_command, export_command, inspect_command, quantize_command,
-                    build_command, benchmark_command, compare_command, infer_command,
-                    evaluate_command, samples_command):
+                    build_command, deploy_command, recipes_command, benchmark_command,
+                    compare_command, infer_command, evaluate_command, samples_command,
+                    serve_command):
         main.add_command(command)
 
 

@@ -121,6 +121,12 @@ def open_artifact(spec: str, *, profile: str | None = None, device: str | None =
     return segmenter, Path(spec).name
 
 
+def open_segmenter(spec: str, **options: Any) -> Any:
+    """The Segmenter that ``open_artifact`` gives, opened where it is called (in each Ray
+    worker or replica); module-level so that ``functools.partial`` of it pickles."""
+    return open_artifact(spec, **options)[0]
+
+
 # --- option types and shared options: a bad value is a usage error (exit 2) ---------------
 
 class SizeType(click.ParamType):

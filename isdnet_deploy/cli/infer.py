@@ -35,6 +35,7 @@ from .common import (
     json_option,
     max_pixels_option,
     open_artifact,
+    open_segmenter,
     printable,
     progress_option,
     require_torch_artifact,
@@ -102,6 +103,9 @@ def _report_failures(report: BatchReport, what: str) -> None:
                       " the others were processed")
 
 
+LOCAL_RAY = "local"  # the value of a bare --ray: start a Ray instance for this run
+
+
 @click.command("infer")
 @click.argument("artifact")
 @click.argument("inputs", nargs=-1, required=True)
@@ -109,9 +113,23 @@ def _report_failures(report: BatchReport, what: str) -> None:
               help="Folder for <stem>_labels.png (and overlays); missing folders are created.")
 @click.option("--overlay", "overlay_images", is_flag=True,
               help="Also write <stem>_overlay.jpg/png: class colours blended over the image.")
+@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value=LOCAL_RAY,
+              metavar="[ADDRESS]",
+              help="Run on Ray (isdnet-deploy[ray]): a bare --ray (before another option or "
+                   "at the end) starts a local Ray; 'auto', HOST:PORT or ray://HOST:PORT joins "
+                   "that cluster. ARTIFACT, INPUTS and OUTPUT must be paths every node sees.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="With --ray: actors, each holding the artifact open [default: 2].")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+              help="With --ray: GPUs each actor reserves (>0 runs it on CUDA) [default: 0].")
+@click.option("--resume/--no-resume", default=None,
+              help="Skip images whose outputs are all present and whole; partial ones are "
+                   "redone [default: on with --ray, off without].")
 @_runtime_options
 @torch_options
 def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_images: bool,
+                  ray_address: str | None, workers: int | None,
+                  gpus_per_worker: float | None, resume: bool | None,
                   profile: str | None, device: str | None, threads: int | None,
                   no_scale: bool, tile: tuple[int, int] | None,
                   max_size: tuple[int, int] | None, overlap: float, backend: str,
@@ -134,10 +152,17 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
     'reference' ARTIFACT. Compiling happens at the first image of each new size (a second
     size compiles once more, with symbolic sizes); CUDA graphs are captured per size.
 
+    With --ray the same work runs on a pool of Ray actors (--workers), each holding the
+    artifact open; the files written are byte-identical.
+
     Example: isdnet-deploy infer model.onnx images/ -o out/ --overlay
     """
     tiles = tile_settings(tile, max_size, overlap)
     check_openvino_precision(openvino_precision, backend)
+    if ray_address is None and (workers is not None or gpus_per_worker is not None):
+        raise click.UsageError("--workers and --gpus-per-worker apply to --ray runs; add --ray")
+    if resume is None:
+        resume = ray_address is not None
     require_torch_artifact(torch_options, [artifact], backend)
     check_torch_settings([torch_options], device)
     check_writable_dir(output)
@@ -153,6 +178,15 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
             raise IsdnetError(f"{failures[0].item}: {failures[0].message}")
         report = BatchReport(total=len(failures), failures=failures)
         _report_failures(report, "inputs")
+    if ray_address is not None:
+        _infer_on_ray(artifact, paths, failures, masks, output, overlay_images,
+                      ray_address, workers or 2, gpus_per_worker or 0.0, resume,
+                      {"profile": profile, "device": device, "threads": threads,
+                       "scale": not no_scale, "torch_options": torch_options,
+                       "backend": "auto" if artifact == REFERENCE else backend,
+                       "openvino_precision": openvino_precision},
+                      tiles, max_pixels, no_progress)
+        return
     segmenter, name = open_artifact(artifact, profile=profile, device=device,
                                     threads=threads, scale=not no_scale,
                                     backend="auto" if artifact == REFERENCE else backend,
@@ -165,9 +199,11 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
             report.notes.append(describe_skipped_masks(masks))
         warn_random_weights([(name, segmenter.contract)])
         infer_files(predictor, paths, output, overlay_images=overlay_images,
-                    progress=show_progress(no_progress), report=report, max_pixels=max_pixels)
+                    progress=show_progress(no_progress), report=report, max_pixels=max_pixels,
+                    resume=resume)
     click.echo(printable(f"{name} ({segmenter.backend.name}): {report.done} of {report.total} "
                          f"inputs segmented into {output}"))
+    _skipped_line(report)
     if report.done:
         click.echo("time per image (inference with pre/post-processing; reading and writing "
                    f"files excluded): {_timing_line(report.timing('inference'))}")
@@ -177,6 +213,54 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
     if torch_options.compiled or torch_options.cuda_graphs:
         report.notes.append(f"{torch_options.label}: the first image at each new size "
                             "includes compiling / capturing, so its time is not a forward's")
+    for note in report.notes:
+        click.echo(printable(f"note: {note}"))
+    _report_failures(report, "inputs")
+
+
+def _skipped_line(report: BatchReport) -> None:
+    if report.skipped:
+        click.echo(f"skipped: {report.skipped} of {report.total} inputs whose outputs were "
+                   "already complete (--no-resume redoes them)")
+
+
+def _infer_on_ray(artifact: str, paths: list[Path], failures: list[Any], masks: list[Path],
+                  output: str, overlay_images: bool, address: str, workers: int,
+                  gpus_per_worker: float, resume: bool, open_options: dict[str, Any],
+                  tiles: TileSettings, max_pixels: int, no_progress: bool) -> None:
+    import functools
+
+    from ..apps.distributed import RayReport, infer_on_ray
+
+    spec = artifact if artifact == REFERENCE else str(Path(artifact).resolve())
+    if gpus_per_worker and open_options["device"] is None:
+        open_options["device"] = "cuda"
+    report = RayReport(total=len(failures), failures=list(failures))
+    if masks:
+        report.notes.append(describe_skipped_masks(masks))
+    infer_on_ray(functools.partial(open_segmenter, spec, **open_options), paths, output,
+                 address=None if address == LOCAL_RAY else address, workers=workers,
+                 gpus_per_worker=gpus_per_worker, tiles=tiles, overlay_images=overlay_images,
+                 max_pixels=max_pixels, resume=resume, report=report,
+                 progress=show_progress(no_progress))
+    click.echo(printable(f"{Path(artifact).name} on {report.address} ({workers} workers): "
+                         f"{report.done} of {report.total} inputs segmented into {output}"))
+    _skipped_line(report)
+    if report.done:
+        click.echo("time per image (inference with pre/post-processing; reading and writing "
+                   f"files excluded): {_timing_line(report.timing('inference'))}")
+        click.echo(f"wall time {report.wall_seconds:.2f} s (files included, Ray start "
+                   f"excluded): {report.images_per_second:.2f} images/s")
+        for actor, load in sorted(report.workers.items(), key=lambda item: item[1].node):
+            restarts = (f", restarted: {len(load.pids)} processes" if len(load.pids) > 1
+                        else "")
+            click.echo(f"  worker {actor[:8]} on node {load.node}: {load.images} images, "
+                       f"{load.seconds:.2f} s inference{restarts}")
+        nodes = report.nodes()
+        click.echo(f"nodes: {len(nodes)} (" + ", ".join(
+            f"{node}: {count} images" for node, count in sorted(nodes.items())) + ")")
+    if report.tiled:
+        click.echo(f"tiled: {report.tiled} of {report.done} images (overlap {tiles.overlap})")
     for note in report.notes:
         click.echo(printable(f"note: {note}"))
     _report_failures(report, "inputs")

@@ -233,27 +233,32 @@ def colorize(labels: np.ndarray, palette: Palette) -> np.ndarray:
     return palette_lut(palette)[_check_labels(labels, "colorize", label_dtype(len(palette)))]
 
 
-def write_label_png(path: str | os.PathLike[str], labels: np.ndarray,
-                    palette: Palette) -> Path:
-    """Save class ids as a palette-indexed PNG: pixel values are the ids, viewers show colours.
+def encode_label_png(labels: np.ndarray, palette: Palette, what: str = "label map") -> bytes:
+    """Class ids as palette-indexed PNG bytes: pixel values are the ids, viewers show colours.
 
     Index IGNORE_INDEX (255) gets IGNORE_COLOUR unless the palette itself is that long. A
     palette of more than 256 classes gives a 16-bit grayscale PNG of ids instead (see
-    ``label_dtype``).
+    ``label_dtype``). ``infer``'s files and ``serve``'s answers are these bytes.
     """
-    path = Path(path)
     dtype = label_dtype(len(palette))
-    labels = np.ascontiguousarray(_check_labels(labels, f"label map for {path}", dtype))
+    labels = np.ascontiguousarray(_check_labels(labels, what, dtype))
     if dtype != np.uint8:
         ok, encoded = cv2.imencode(".png", labels)
         if not ok:
-            raise IsdnetError(f"OpenCV could not encode {path}")
-        return atomic_write_bytes(path, encoded.tobytes())
+            raise IsdnetError(f"OpenCV could not encode the {what}")
+        return encoded.tobytes()
     image = Image.fromarray(labels)
     image.putpalette(palette_lut(palette).tobytes(), rawmode="RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_label_png(path: str | os.PathLike[str], labels: np.ndarray,
+                    palette: Palette) -> Path:
+    """Save class ids as a palette-indexed PNG (``encode_label_png``), atomically."""
+    path = Path(path)
+    return atomic_write_bytes(path, encode_label_png(labels, palette, f"label map for {path}"))
 
 
 def read_label_png(path: str | os.PathLike[str],

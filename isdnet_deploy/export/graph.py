@@ -10,54 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..profiles import MEAN_RGB, STD_RGB
-
-_INT = torch.int32
-_FLOAT = torch.float32
-_TWO_24 = 1 << 24
-
-
-def _int32(value: int | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(value).to(_INT)
-
-
-def _div(a: torch.Tensor, b: int) -> torch.Tensor:
-    return torch.div(a, b, rounding_mode="trunc")
-
-
-def linear_taps(in_size: int | torch.Tensor, out_size: int | torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """First and second source index and their weights, per output pixel, of PyTorch's
-    bilinear resize (align_corners=False) from ``in_size`` up to ``out_size`` <= 2 x
-    ``in_size`` along one axis; equal to ``pyramid.opencv_ops.bilinear_taps``.
-
-    PyTorch rounds ``(i + 0.5) * s - 0.5`` once, ``s = float32(in / out)``. For a ratio in
-    [0.5, 1], ``s = M / 2**24`` with an integer ``M <= 2**24``, so the exact position is the
-    integer ``N = (2i + 1) * M - 2**24`` times ``2**-25``. ``N`` can exceed 2**31, so it is
-    assembled in int32 pieces: ``N = hi * 2**24 + lo`` with ``0 <= lo < 2**24`` and
-    ``|hi| < 2**17``. Both are exact float32 values, and one float32 addition rounds their
-    sum exactly once, as PyTorch does. Every integer stays below 2**29 for output sizes up
-    to 2**15, so the graph is portable to runtimes that compute in int32.
-    """
-    in_size, out_size = _int32(in_size), _int32(out_size)
-    scaled = (in_size.to(_FLOAT) / out_size.to(_FLOAT) * float(_TWO_24)).to(_INT)
-    m_high = _div(scaled, 4096)
-    m_low = scaled - m_high * 4096
-    odd = 2 * torch.arange(out_size, dtype=_INT) + 1
-    a = odd * m_high  # (2i + 1) * M = a * 2**12 + b
-    b = odd * m_low
-    a_high = _div(a, 4096)
-    rest = (a - a_high * 4096) * 4096 + b  # (2i + 1) * M = a_high * 2**24 + rest
-    carry = _div(rest, _TWO_24)
-    low = rest - carry * _TWO_24
-    high = a_high + carry - 1  # minus the 2**24 of N
-    source = (high.to(_FLOAT) * float(_TWO_24) + low.to(_FLOAT)) * (2.0 ** -25)
-    source = torch.clamp(source, min=0.0)
-    last = in_size - 1
-    first = torch.minimum(source.to(_INT), last)
-    second = torch.minimum(first + 1, last)
-    weight = source - first.to(_FLOAT)
-    return first, second, 1.0 - weight, weight
+from ..profiles import MAX_SIZE, MEAN_RGB, STD_RGB
+from .exact_index import linear_taps
 
 
 def _lerp_rows(x: torch.Tensor, taps: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -68,13 +22,26 @@ def _lerp_rows(x: torch.Tensor, taps: tuple[torch.Tensor, ...]) -> torch.Tensor:
             + x.index_select(2, second) * second_weight[:, None])
 
 
+def _within_twice(out: torch.Tensor, side: int | torch.Tensor) -> torch.Tensor:
+    """``out`` clamped to [side, min(2 * side, MAX_SIZE)]: callers check that range already
+    (Python: ``preprocess.check_output_size``; C: ``isd_check_size``), so this never changes
+    a value; it states the bound inside the graph, so the export-time range proof
+    (``portability.py``) can bound the indices computed from a size that is an input
+    (``exact_index`` keeps Div operands below 2**23 for sides up to MAX_SIZE)."""
+    side = torch.as_tensor(side, dtype=torch.int64)
+    return torch.minimum(torch.maximum(out.to(torch.int64), side),
+                         torch.clamp(2 * side, max=MAX_SIZE))
+
+
 def resize_logits(logits: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     """1xCxhxw scores resized bilinearly to ``size`` ([H, W] int32, each from the input's
     size up to twice it): the arithmetic of ``runtime.preprocess.logits_to_labels`` (columns
     first, then rows), so labels from this graph equal the runtime's labels from logits.
+    The taps are ``exact_index``'s integer form, so the graph stays provably int32-safe
+    (an earlier form cast a float ratio to an integer, which no consumer need agree on).
     """
-    columns = linear_taps(logits.shape[3], size[1])
-    rows = linear_taps(logits.shape[2], size[0])
+    columns = linear_taps(logits.shape[3], _within_twice(size[1], logits.shape[3]))
+    rows = linear_taps(logits.shape[2], _within_twice(size[0], logits.shape[2]))
     resized = _lerp_rows(logits.transpose(2, 3), columns).transpose(2, 3)
     return _lerp_rows(resized, rows)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..contract import OUTPUT_SIZE_INPUT, Contract
 from ..errors import IsdnetError
+from ..profiles import MAX_SIZE
 from ..pyramid.opencv_ops import bilinear_taps, shallow_input_nchw
 
 # Output rows per block of logits_to_labels: one class's scratch rows of a block stay in
@@ -50,8 +51,16 @@ def check_size(contract: Contract, height: int, width: int) -> None:
 def check_output_size(contract: Contract, size: tuple[int, int],
                       output_size: tuple[int, int]) -> None:
     """The labels size an ``output_resize == "graph"`` artifact may be asked for: from the
-    network input's size up to twice it (the graph's exact bilinear enlarges by at most 2)."""
+    network input's size up to twice it (the graph's exact bilinear enlarges by at most 2),
+    and at most ``profiles.MAX_SIZE``, where the graph's index arithmetic is proven safe."""
     for side, net, out in zip(("height", "width"), size, output_size, strict=True):
+        if out > MAX_SIZE:
+            raise IsdnetError(
+                f"labels {side} {out} is above {MAX_SIZE}, the largest side this artifact "
+                f"resizes its labels to in the graph (its integer resampling is proven "
+                f"int32-safe up to there); tile the image (TileSettings(max_size=...))",
+                cli=f"labels {side} {out} is above {MAX_SIZE}, the largest side this artifact "
+                    f"resizes its labels to; tile the image with --max-size")
         if not net <= out <= 2 * net:
             raise IsdnetError(
                 f"labels {side} {out} is not between the network input's {side} {net} and "
