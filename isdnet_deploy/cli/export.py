@@ -257,13 +257,19 @@ def _export_lines(report: Any, source: str, load_seconds: float, fast_used: bool
     return lines
 
 
+def _text(value: str | bytes) -> str:
+    """A string field of the file: protobuf hands back bytes where they are not UTF-8."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def _value_info(value: Any) -> dict[str, Any]:
     """Name, dtype and shape (ints, symbolic names, or '?') of a graph input or output."""
     import onnx
 
     kind = value.type.WhichOneof("value")
+    name = _text(value.name)
     if kind != "tensor_type":
-        return {"name": value.name, "dtype": kind or "unknown", "shape": None}
+        return {"name": name, "dtype": kind or "unknown", "shape": None}
     elem = value.type.tensor_type.elem_type
     try:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(elem).name
@@ -271,9 +277,9 @@ def _value_info(value: Any) -> dict[str, Any]:
         dtype = onnx.TensorProto.DataType.Name(elem).lower()
     shape = None
     if value.type.tensor_type.HasField("shape"):
-        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        shape = [d.dim_value if d.HasField("dim_value") else (_text(d.dim_param) or "?")
                  for d in value.type.tensor_type.shape.dim]
-    return {"name": value.name, "dtype": dtype, "shape": shape}
+    return {"name": name, "dtype": dtype, "shape": shape}
 
 
 def _graph_io(proto: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -380,7 +380,11 @@ def _check_file(path: Path) -> None:
     if not (is_zip or is_pickle):
         raise IsdnetError(f"{path} is not a PyTorch checkpoint (expected a .pth/.pt file "
                           f"written by torch.save)")
-    if is_zip and not zipfile.is_zipfile(path):
+    try:
+        readable_zip = not is_zip or zipfile.is_zipfile(path)
+    except zipfile.BadZipFile as exc:  # is_zipfile lets some damaged end records through
+        raise IsdnetError(f"{path} is corrupt ({exc}); download or copy it again") from exc
+    if not readable_zip:
         raise IsdnetError(f"{path} is truncated or corrupt (its zip directory is missing); "
                           f"download or copy it again")
 
