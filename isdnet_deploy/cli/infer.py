@@ -7,6 +7,7 @@ files and list every failure at the end with a non-zero exit.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,7 @@ def _infer_on_ray(artifact: str, paths: list[Path], failures: list[Any], masks: 
                   tiles: TileSettings, max_pixels: int, no_progress: bool) -> None:
     import functools
 
-    from ..apps.distributed import RayReport, infer_on_ray
+    from ..apps.distributed import RayReport, connect, infer_on_ray, require_ray
 
     spec = artifact if artifact == REFERENCE else str(Path(artifact).resolve())
     if gpus_per_worker and open_options["device"] is None:
@@ -238,11 +239,26 @@ def _infer_on_ray(artifact: str, paths: list[Path], failures: list[Any], masks: 
     report = RayReport(total=len(failures), failures=list(failures))
     if masks:
         report.notes.append(describe_skipped_masks(masks))
-    infer_on_ray(functools.partial(open_segmenter, spec, **open_options), paths, output,
-                 address=None if address == LOCAL_RAY else address, workers=workers,
-                 gpus_per_worker=gpus_per_worker, tiles=tiles, overlay_images=overlay_images,
-                 max_pixels=max_pixels, resume=resume, report=report,
-                 progress=show_progress(no_progress))
+    ray = require_ray()
+    joined = connect(None if address == LOCAL_RAY else address,
+                     num_cpus=None if address != LOCAL_RAY else max(1, workers))
+    try:
+        infer_on_ray(functools.partial(open_segmenter, spec, **open_options), paths, output,
+                     address=None, workers=workers, gpus_per_worker=gpus_per_worker,
+                     tiles=tiles, overlay_images=overlay_images, max_pixels=max_pixels,
+                     resume=resume, report=report, progress=show_progress(no_progress))
+    except IsdnetError as exc:
+        # Said before Ray shuts down: a Ray Data thread that touches the driver's core
+        # worker after ray.shutdown() makes Ray end the process at once (seen in a full-suite
+        # run), which would swallow the one error line.
+        click.echo(f"error: {printable(exc.for_cli())}", err=True)
+        sys.stderr.flush()
+        ray.shutdown()
+        sys.exit(1)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    report.address = joined
     click.echo(printable(f"{Path(artifact).name} on {report.address} ({workers} workers): "
                          f"{report.done} of {report.total} inputs segmented into {output}"))
     _skipped_line(report)
