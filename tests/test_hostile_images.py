@@ -187,3 +187,16 @@ def test_compare_and_calibration_take_the_budget(cli, tmp_path):
     assert ImageSource(contract, (64, 64), images, 1, 0).feeds(0)["image"].shape == (
         1, 3, 64, 64)
     assert "--max-pixels" in cli("quantize", "--help").output
+
+
+def test_bigtiff_directory_offset_beyond_any_file_is_one_line(tmp_path):
+    """Fuzz-found: a BigTIFF whose first directory sits at 2**64 - 1 made seek() raise
+    ValueError instead of a refusal."""
+    import struct
+
+    from isdnet_deploy.data.headers import read_header
+
+    path = tmp_path / "big.tif"
+    path.write_bytes(b"II" + struct.pack("<HHHQ", 43, 8, 0, (1 << 64) - 1) + bytes(32))
+    with pytest.raises(IsdnetError, match="past the file's end"):
+        read_header(path)

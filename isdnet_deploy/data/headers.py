@@ -127,6 +127,8 @@ def _tiff(f: BinaryIO, head: bytes) -> ImageHeader:
     else:  # BigTIFF
         (offset,) = _unpack(order + "Q", head[8:16])
         count_fmt, entry_size, value_fmt = "Q", 20, "Q"
+    if offset >= 1 << 62:  # beyond any file; seek() would raise ValueError (fuzz-found)
+        raise _Unreadable(f"its first directory is at offset {offset}, past the file's end")
     f.seek(offset)
     (count,) = _unpack(order + count_fmt, f.read(struct.calcsize(count_fmt)))
     if not 0 < count <= _MAX_TIFF_TAGS:
