@@ -236,15 +236,9 @@ int isd__logits_to_labels(const float *scores, int classes, int h, int w,
     linear_tap *rows = resize ? malloc((size_t)H * sizeof *rows) : NULL;
     float *cache_rows = resize ? malloc((size_t)classes * 2 * W * sizeof *cache_rows) : NULL;
     int *held = resize ? malloc((size_t)classes * 2 * sizeof *held) : NULL;
-    if (!best || !value || (resize && (!cols || !rows || !cache_rows || !held))) {
-        free(best);
-        free(value);
-        free(cols);
-        free(rows);
-        free(cache_rows);
-        free(held);
-        return -1;
-    }
+    int status = -1;
+    if (!best || !value || (resize && (!cols || !rows || !cache_rows || !held)))
+        goto done;
     row_cache cache = {scores, h, w, W, cols, cache_rows, held};
     if (resize) {
         linear_taps(w, W, cols);
@@ -272,13 +266,15 @@ int isd__logits_to_labels(const float *scores, int classes, int h, int w,
             argmax_step(k, v, best, out, W);
         }
     }
+    status = 0;
+done: /* one release path for success and allocation failure */
     free(best);
     free(value);
     free(cols);
     free(rows);
     free(cache_rows);
     free(held);
-    return 0;
+    return status;
 }
 
 /* --- colours ----------------------------------------------------------------------------- */
