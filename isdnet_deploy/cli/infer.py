@@ -202,12 +202,8 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
         infer_files(predictor, paths, output, overlay_images=overlay_images,
                     progress=show_progress(no_progress), report=report, max_pixels=max_pixels,
                     resume=resume)
-    click.echo(printable(f"{name} ({segmenter.backend.name}): {report.done} of {report.total} "
-                         f"inputs segmented into {output}"))
-    _skipped_line(report)
+    _summary(report, f"{name} ({segmenter.backend.name})", output)
     if report.done:
-        click.echo("time per image (inference with pre/post-processing; reading and writing "
-                   f"files excluded): {_timing_line(report.timing('inference'))}")
         click.echo(f"wall time {report.wall_seconds:.2f} s (files included)")
     if report.tiled:
         click.echo(f"tiled: {report.tiled} of {report.done} images (overlap {overlap})")
@@ -217,6 +213,16 @@ def infer_command(artifact: str, inputs: tuple[str, ...], output: str, overlay_i
     for note in report.notes:
         click.echo(printable(f"note: {note}"))
     _report_failures(report, "inputs")
+
+
+def _summary(report: BatchReport, who: str, output: str) -> None:
+    """What plain and Ray runs both say first: counts, skipped outputs, time per image."""
+    click.echo(printable(f"{who}: {report.done} of {report.total} inputs segmented into "
+                         f"{output}"))
+    _skipped_line(report)
+    if report.done:
+        click.echo("time per image (inference with pre/post-processing; reading and writing "
+                   f"files excluded): {_timing_line(report.timing('inference'))}")
 
 
 def _skipped_line(report: BatchReport) -> None:
@@ -259,12 +265,8 @@ def _infer_on_ray(artifact: str, paths: list[Path], failures: list[Any], masks: 
         if ray.is_initialized():
             ray.shutdown()
     report.address = joined
-    click.echo(printable(f"{Path(artifact).name} on {report.address} ({workers} workers): "
-                         f"{report.done} of {report.total} inputs segmented into {output}"))
-    _skipped_line(report)
+    _summary(report, f"{Path(artifact).name} on {report.address} ({workers} workers)", output)
     if report.done:
-        click.echo("time per image (inference with pre/post-processing; reading and writing "
-                   f"files excluded): {_timing_line(report.timing('inference'))}")
         click.echo(f"wall time {report.wall_seconds:.2f} s (files included, Ray start "
                    f"excluded): {report.images_per_second:.2f} images/s")
         for actor, load in sorted(report.workers.items(), key=lambda item: item[1].node):
